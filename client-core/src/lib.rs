@@ -1,0 +1,23 @@
+//! Coalition Sync client core.
+//!
+//! A country coalition under the Convention on Cluster Munitions is kept as a set of Automerge
+//! documents split along ownership lines (manifest, plan, one per partner organisation, one per
+//! operator, comments). This crate holds the model on those documents, the hard validation
+//! rules, the consolidated views and reports, the local SQLite store, the sans-IO sync engine
+//! and the `coalition` command-line client.
+
+pub mod access;
+pub mod coalition;
+pub mod error;
+pub mod export;
+pub mod geo;
+pub mod ids;
+pub mod model;
+pub mod refdata;
+pub mod report;
+pub mod store;
+pub mod sync;
+pub mod validate;
+
+pub use coalition::{Coalition, Committed, Edit, Identity};
+pub use error::EditError;

@@ -1,0 +1,477 @@
+//! The local store: every coalition document on this device, in one SQLite database.
+//!
+//! A document is kept as a snapshot plus the incremental changes saved since; loading reads
+//! all of a coalition's chunks in one query and hands each document's concatenated bytes to
+//! Automerge in one `load` (change-by-change loading is two orders of magnitude slower).
+//! Compaction folds the increments back into one snapshot, in one transaction.
+//!
+//! Durability: the database runs in WAL mode with `synchronous = FULL`, so a transaction that
+//! returned is on disk. [`Store::save`] returns only after its transaction committed: an edit
+//! is reported as saved only once it is durable.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use automerge::{AutoCommit, ChangeHash};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use crate::coalition::{Coalition, Identity};
+use crate::error::EditError;
+use crate::sync::DocumentId;
+
+/// Numbered schema migrations; the index + 1 is the schema version.
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_store.sql")];
+
+/// Compact a document once it has this many incremental chunks.
+pub const COMPACT_AFTER: i64 = 32;
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// SQLite failed (disk full, permissions, a locked or damaged database file).
+    #[error("store database {path}: {source}")]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The store directory could not be created.
+    #[error("cannot create store directory {path}: {source}")]
+    Io {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A document's stored bytes do not load. The bytes are left untouched.
+    #[error("document {doc} in the store does not load (left untouched): {source}")]
+    Corrupt {
+        /// The document.
+        doc: String,
+        /// The cause.
+        #[source]
+        source: automerge::AutomergeError,
+    },
+    /// The store was written by a newer version of this software.
+    #[error("the store has schema version {found}; this version of coalition knows up to {known}")]
+    TooNew {
+        /// The store's version.
+        found: usize,
+        /// The newest this build knows.
+        known: usize,
+    },
+    /// No coalition with this id is on this device.
+    #[error("no coalition {0} in this store")]
+    UnknownCoalition(String),
+    /// The stored documents do not form a coalition.
+    #[error(transparent)]
+    Model(#[from] EditError),
+    /// Stored identity data is unreadable.
+    #[error("stored identity is unreadable: {0}")]
+    Identity(#[from] serde_json::Error),
+}
+
+/// The local store.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    /// The heads of each document as the database holds it, for the documents this store
+    /// loaded or saved: the next save writes only the changes after them. A failed save
+    /// leaves them as they were, so the next one writes those changes again.
+    saved_heads: HashMap<DocumentId, Vec<ChangeHash>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One document's bytes waiting to be written.
+struct Pending {
+    id: DocumentId,
+    kind: &'static str,
+    owner: Option<String>,
+    data: Vec<u8>,
+    heads: Vec<ChangeHash>,
+}
+
+/// A coalition as the store lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StoredCoalition {
+    /// The coalition id (its manifest document).
+    pub id: DocumentId,
+    /// Number of documents on this device.
+    pub documents: usize,
+    /// Bytes stored for it.
+    pub bytes: i64,
+}
+
+impl Store {
+    /// Open (creating if needed) the store in `dir`.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join("coalition.db");
+        let sql = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(sql)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(sql)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(sql)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(sql)?;
+        let mut store = Store {
+            conn,
+            path,
+            saved_heads: HashMap::new(),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn err(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let version: usize = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
+            .map_err(|e| self.err(e))?
+            .try_into()
+            .unwrap_or(0);
+        if version > MIGRATIONS.len() {
+            return Err(StoreError::TooNew {
+                found: version,
+                known: MIGRATIONS.len(),
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = self.conn.transaction().map_err(|e| StoreError::Sqlite {
+                path: self.path.clone(),
+                source: e,
+            })?;
+            tx.execute_batch(sql)
+                .and_then(|_| tx.pragma_update(None, "user_version", (i + 1) as i64))
+                .and_then(|_| tx.commit())
+                .map_err(|e| StoreError::Sqlite {
+                    path: self.path.clone(),
+                    source: e,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// This device's identity, once set up.
+    pub fn identity(&self) -> Result<Option<Identity>, StoreError> {
+        let json: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'identity'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(json.map(|j| serde_json::from_str(&j)).transpose()?)
+    }
+
+    /// Set this device's identity.
+    pub fn set_identity(&self, identity: &Identity) -> Result<(), StoreError> {
+        let json = serde_json::to_string(identity)?;
+        self.conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ('identity', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [json],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The coalitions on this device.
+    pub fn coalitions(&self) -> Result<Vec<StoredCoalition>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT d.coalition_id, COUNT(DISTINCT d.doc_id), COALESCE(SUM(LENGTH(c.data)), 0)
+                 FROM documents d LEFT JOIN chunks c ON c.doc_id = d.doc_id
+                 GROUP BY d.coalition_id ORDER BY d.coalition_id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, documents, bytes) = row.map_err(|e| self.err(e))?;
+            if let Ok(id) = id.parse() {
+                out.push(StoredCoalition {
+                    id,
+                    documents: documents as usize,
+                    bytes,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Load every document of a coalition: one query, one Automerge `load` per document.
+    pub fn load(&mut self, coalition: &DocumentId) -> Result<Coalition, StoreError> {
+        let mut docs = self.load_docs(coalition)?;
+        for (id, doc) in docs.iter_mut() {
+            self.saved_heads.insert(*id, doc.get_heads());
+        }
+        if docs.is_empty() {
+            return Err(StoreError::UnknownCoalition(coalition.to_string()));
+        }
+        Ok(Coalition::from_docs(coalition.clone(), docs)?)
+    }
+
+    /// Load the documents of a coalition without assembling them.
+    pub fn load_docs(
+        &self,
+        coalition: &DocumentId,
+    ) -> Result<Vec<(DocumentId, AutoCommit)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT c.doc_id, c.data FROM chunks c JOIN documents d ON d.doc_id = c.doc_id
+                 WHERE d.coalition_id = ?1 ORDER BY c.doc_id, c.id",
+            )
+            .map_err(|e| self.err(e))?;
+        let mut rows = stmt
+            .query([coalition.to_string()])
+            .map_err(|e| self.err(e))?;
+        let mut bytes: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        while let Some(row) = rows.next().map_err(|e| self.err(e))? {
+            let id: String = row.get(0).map_err(|e| self.err(e))?;
+            let data = row
+                .get_ref(1)
+                .map_err(|e| self.err(e))?
+                .as_blob()
+                .map_err(|e| self.err(e.into()))?;
+            bytes.entry(id).or_default().extend_from_slice(data);
+        }
+        let mut docs = Vec::with_capacity(bytes.len());
+        for (id, data) in bytes {
+            let doc = AutoCommit::load(&data).map_err(|source| StoreError::Corrupt {
+                doc: id.clone(),
+                source,
+            })?;
+            let id = id.parse().map_err(|_| StoreError::Corrupt {
+                doc: id.clone(),
+                source: automerge::AutomergeError::InvalidObjId(id.clone()),
+            })?;
+            docs.push((id, doc));
+        }
+        Ok(docs)
+    }
+
+    /// Persist the given documents of a coalition (their changes since the last save) in one
+    /// transaction. Returns once the transaction is durable.
+    pub fn save(
+        &mut self,
+        coalition: &mut Coalition,
+        docs: &[DocumentId],
+    ) -> Result<(), StoreError> {
+        let coalition_id = coalition.id().to_string();
+        let mut pending: Vec<Pending> = Vec::new();
+        for d in coalition.docs_mut().filter(|d| docs.contains(&d.id)) {
+            // A document this store has not seen is written whole; the chunks already in the
+            // database for it (if any) stay, and loading merges both.
+            let data = match self.saved_heads.get(&d.id) {
+                Some(heads) => d.doc.save_after(heads),
+                None => d.doc.save(),
+            };
+            pending.push(Pending {
+                id: d.id,
+                kind: d.kind.as_str(),
+                owner: d.owner.clone(),
+                data,
+                heads: d.doc.get_heads(),
+            });
+        }
+        self.write_chunks(&coalition_id, &pending)?;
+        for p in pending {
+            self.saved_heads.insert(p.id, p.heads);
+        }
+        Ok(())
+    }
+
+    /// Persist every document of a coalition.
+    pub fn save_all(&mut self, coalition: &mut Coalition) -> Result<(), StoreError> {
+        let ids: Vec<DocumentId> = coalition.docs().map(|d| d.id.clone()).collect();
+        self.save(coalition, &ids)
+    }
+
+    fn write_chunks(&mut self, coalition_id: &str, pending: &[Pending]) -> Result<(), StoreError> {
+        let now = chrono::Utc::now().timestamp();
+        let path = self.path.clone();
+        let sql = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        for p in pending {
+            let id = p.id.to_string();
+            tx.execute(
+                "INSERT INTO documents (doc_id, coalition_id, kind, owner, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (doc_id) DO UPDATE SET updated_at = excluded.updated_at",
+                params![id, coalition_id, p.kind, p.owner, now],
+            )
+            .map_err(sql)?;
+            if !p.data.is_empty() {
+                tx.execute(
+                    "INSERT INTO chunks (doc_id, snapshot, data) VALUES (?1, 0, ?2)",
+                    params![id, p.data],
+                )
+                .map_err(sql)?;
+            }
+        }
+        tx.commit().map_err(sql)
+    }
+
+    /// Fold the incremental chunks of every document that has at least `min_increments` of them
+    /// into one snapshot. Each document is compacted in its own transaction: a crash leaves
+    /// either the old chunks or the new snapshot. Returns the number of documents compacted.
+    pub fn compact(&mut self, min_increments: i64) -> Result<usize, StoreError> {
+        let candidates: Vec<String> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT doc_id FROM chunks WHERE snapshot = 0 GROUP BY doc_id HAVING COUNT(*) >= ?1")
+                .map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map([min_increments], |r| r.get(0))
+                .map_err(|e| self.err(e))?;
+            rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?
+        };
+        let path = self.path.clone();
+        let sql = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        for doc_id in &candidates {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql)?;
+            let (ids, data) = {
+                let mut stmt = tx
+                    .prepare("SELECT id, data FROM chunks WHERE doc_id = ?1 ORDER BY id")
+                    .map_err(sql)?;
+                let mut rows = stmt.query([doc_id]).map_err(sql)?;
+                let mut ids = Vec::new();
+                let mut data = Vec::new();
+                while let Some(row) = rows.next().map_err(sql)? {
+                    ids.push(row.get::<_, i64>(0).map_err(sql)?);
+                    data.extend_from_slice(
+                        row.get_ref(1)
+                            .map_err(sql)?
+                            .as_blob()
+                            .map_err(|e| sql(e.into()))?,
+                    );
+                }
+                (ids, data)
+            };
+            let mut doc = AutoCommit::load(&data).map_err(|source| StoreError::Corrupt {
+                doc: doc_id.clone(),
+                source,
+            })?;
+            let snapshot = doc.save();
+            let last = ids.last().copied().unwrap_or(0);
+            tx.execute(
+                "DELETE FROM chunks WHERE doc_id = ?1 AND id <= ?2",
+                params![doc_id, last],
+            )
+            .map_err(sql)?;
+            tx.execute(
+                "INSERT INTO chunks (doc_id, snapshot, data) VALUES (?1, 1, ?2)",
+                params![doc_id, snapshot],
+            )
+            .map_err(sql)?;
+            tx.commit().map_err(sql)?;
+        }
+        Ok(candidates.len())
+    }
+
+    /// Compact what has grown and close the database.
+    pub fn close(mut self) -> Result<(), StoreError> {
+        self.compact(COMPACT_AFTER)?;
+        self.conn.close().map_err(|(_, source)| StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// The persisted sync state for a document and a peer's storage id.
+    pub fn sync_state(&self, doc: &DocumentId, peer: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT state FROM sync_states WHERE doc_id = ?1 AND peer = ?2",
+                params![doc.to_string(), peer],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Persist a sync state for a document and a peer's storage id.
+    pub fn put_sync_state(
+        &self,
+        doc: &DocumentId,
+        peer: &str,
+        state: &[u8],
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO sync_states (doc_id, peer, state) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (doc_id, peer) DO UPDATE SET state = excluded.state",
+                params![doc.to_string(), peer, state],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Bytes stored for one coalition (snapshots and increments).
+    pub fn coalition_bytes(&self, coalition: &DocumentId) -> Result<i64, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT COALESCE(SUM(LENGTH(c.data)), 0) FROM chunks c JOIN documents d ON d.doc_id = c.doc_id
+                 WHERE d.coalition_id = ?1",
+                [coalition.to_string()],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))
+    }
+}

@@ -1,0 +1,1230 @@
+//! The sans-IO sync engine: connections, handshakes and per-peer Automerge sync states.
+//!
+//! [`SyncEngine`] is a state machine in the manner of `quinn-proto`. The owner (a device's store
+//! or the relay) feeds it events — a connection opened, bytes received, a document changed
+//! locally, time passing — and gets back a list of [`Action`]s: messages to send, documents and
+//! sync states to write, documents to load. The engine does no I/O, never reads the clock and
+//! does not own documents: each call that needs them borrows them through a
+//! [`DocumentSource`].
+//!
+//! Per connection it runs the handshake of `automerge-repo-network-websocket` (the initiating
+//! peer sends `join`, the receiving peer answers `peer`), then keeps, per document the peer
+//! syncs, one `automerge::sync::State`. When the peer advertises a storage id and is not
+//! ephemeral, that state is loaded from the owner when the document starts syncing and handed
+//! back in [`Action::PersistSyncState`] whenever its persistent part changes, so that after a
+//! reconnect only what the other side lacks goes over the wire.
+//!
+//! # Ordering
+//!
+//! Actions are meant to be carried out in order. In particular [`Action::DocumentChanged`]
+//! comes before the [`Action::PersistSyncState`] and the [`Action::Send`]s that acknowledge the
+//! changes: an owner that makes the document durable before sending never acknowledges a change
+//! it could lose.
+//!
+//! # Which documents sync with whom
+//!
+//! A document syncs with a peer once either side starts: the peer sent `sync`/`request` for it,
+//! or the owner called [`SyncEngine::share_doc`] (which offers it to every connected peer and to
+//! peers that connect later). A device shares its documents; the relay shares nothing and
+//! answers what it is asked. To ask peers for a document it does not have, the owner shares an
+//! empty `AutoCommit` under that id: the engine then sends `request` instead of `sync`, and
+//! reports [`Action::DocumentUnavailable`] if every peer says it does not have it either.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::hash::BuildHasher;
+use std::time::{Duration, Instant};
+
+use automerge::sync::{self, SyncDoc};
+use automerge::AutoCommit;
+
+use super::docid::DocumentId;
+use super::message::{
+    DecodeError, DocUnavailableMessage, EphemeralMessage, ErrorMessage, JoinMessage, Message,
+    PeerId, PeerMessage, PeerMetadata, StorageId, SyncMessage, PROTOCOL_V1,
+};
+
+/// The owner's handle for one transport connection (a WebSocket, a QUIC stream).
+///
+/// Chosen by the owner and unique among its open connections; the engine only compares it.
+/// Connections are named by the owner and not by [`PeerId`] because the remote peer id is only
+/// known once the handshake is done.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct ConnId(pub u64);
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "conn#{}", self.0)
+    }
+}
+
+/// Where the engine finds the documents it syncs, and the sync states persisted for them.
+///
+/// Implemented for `HashMap`/`BTreeMap<DocumentId, AutoCommit>` (without persisted sync
+/// states); a store implements it over its cache of loaded documents.
+pub trait DocumentSource {
+    /// The loaded document with this id, or `None` if it is not loaded (it may still exist in
+    /// storage: the engine then asks for it with [`Action::DocumentRequested`]).
+    fn get_mut(&mut self, doc_id: &DocumentId) -> Option<&mut AutoCommit>;
+
+    /// The sync state last persisted for this document and this peer storage id (the bytes of
+    /// an [`Action::PersistSyncState`]), if any.
+    fn load_sync_state(&mut self, doc_id: &DocumentId, peer: &StorageId) -> Option<Vec<u8>> {
+        let _ = (doc_id, peer);
+        None
+    }
+}
+
+impl<S: BuildHasher> DocumentSource for HashMap<DocumentId, AutoCommit, S> {
+    fn get_mut(&mut self, doc_id: &DocumentId) -> Option<&mut AutoCommit> {
+        HashMap::get_mut(self, doc_id)
+    }
+}
+
+impl DocumentSource for BTreeMap<DocumentId, AutoCommit> {
+    fn get_mut(&mut self, doc_id: &DocumentId) -> Option<&mut AutoCommit> {
+        BTreeMap::get_mut(self, doc_id)
+    }
+}
+
+/// How the engine presents itself and the limits it keeps.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Our peer id, sent as `senderId`.
+    pub peer_id: PeerId,
+    /// Our metadata, sent in `join`/`peer`. Give a storage id when this peer has durable
+    /// storage, so that others keep their sync state with us.
+    pub metadata: PeerMetadata,
+    /// How long a connection may take to finish the handshake before it is dropped.
+    pub handshake_timeout: Duration,
+    /// How many messages for one document may wait while the owner loads it; beyond that they
+    /// are refused, so a peer cannot make us buffer without bound.
+    pub max_pending_messages: usize,
+    /// How many ephemeral message ids are remembered to drop duplicates.
+    pub ephemeral_dedup_window: usize,
+}
+
+impl EngineConfig {
+    /// A configuration with default limits and no storage id.
+    pub fn new(peer_id: PeerId) -> Self {
+        Self {
+            peer_id,
+            metadata: PeerMetadata::default(),
+            handshake_timeout: Duration::from_secs(30),
+            max_pending_messages: 64,
+            ephemeral_dedup_window: 1000,
+        }
+    }
+}
+
+/// Why the engine closed a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DisconnectReason {
+    /// The handshake did not finish within [`EngineConfig::handshake_timeout`].
+    HandshakeTimeout,
+    /// The peer speaks no protocol version we do.
+    UnsupportedProtocolVersion,
+    /// The peer broke the protocol (details in the [`Action::Error`] just before).
+    ProtocolViolation,
+    /// The peer sent an `error` message with this text.
+    RemoteError(String),
+    /// The peer sent `leave`.
+    PeerLeft,
+    /// The same peer id completed a handshake on another connection, which replaces this one
+    /// (a reconnect whose old socket has not noticed it is dead).
+    Replaced,
+}
+
+/// Something the owner must do, produced by the engine.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Action {
+    /// Send this message on the connection (encode it with [`Message::encode`]).
+    Send {
+        /// The connection.
+        conn: ConnId,
+        /// The message.
+        message: Message,
+    },
+    /// Close the connection, after sending the messages queued for it before this action. The
+    /// engine has already forgotten the connection.
+    Disconnect {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        reason: DisconnectReason,
+    },
+    /// The handshake on the connection is done; sync messages may follow.
+    PeerConnected {
+        /// The connection.
+        conn: ConnId,
+        /// The remote peer.
+        peer_id: PeerId,
+        /// What it said about itself.
+        metadata: PeerMetadata,
+    },
+    /// A peer's changes were applied to the document: persist it.
+    DocumentChanged {
+        /// The document.
+        doc_id: DocumentId,
+    },
+    /// Save this encoded sync state (`sync::State::encode`) for the document and the peer's
+    /// storage id; give it back through [`DocumentSource::load_sync_state`].
+    PersistSyncState {
+        /// The document.
+        doc_id: DocumentId,
+        /// The storage id the peer advertised.
+        peer_storage_id: StorageId,
+        /// The encoded state.
+        bytes: Vec<u8>,
+    },
+    /// A peer sent a message about a document that is not loaded. Answer with
+    /// [`SyncEngine::doc_loaded`] once it is in the [`DocumentSource`] (loaded, or created
+    /// empty when the peer brings the data and may create it), or with
+    /// [`SyncEngine::doc_unavailable`]. The messages wait until then.
+    DocumentRequested {
+        /// The document.
+        doc_id: DocumentId,
+        /// The connection whose message triggered the request.
+        conn: ConnId,
+        /// True when the peer has content for the document (it sent heads), false when it is
+        /// asking for it.
+        peer_has_data: bool,
+    },
+    /// Every connected peer we asked for this empty document said it does not have it.
+    DocumentUnavailable {
+        /// The document.
+        doc_id: DocumentId,
+    },
+    /// Ephemeral data about a document arrived (the engine has forwarded it to the other peers
+    /// syncing the document).
+    Ephemeral {
+        /// The document.
+        doc_id: DocumentId,
+        /// The peer that first sent it.
+        sender_id: PeerId,
+        /// The payload.
+        data: Vec<u8>,
+    },
+    /// Something went wrong; the engine has recovered as well as it could. `conn` is the
+    /// connection the problem came from, if any.
+    Error {
+        /// The connection at fault, if any.
+        conn: Option<ConnId>,
+        /// What happened.
+        error: EngineError,
+    },
+}
+
+/// What went wrong in the engine.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// A frame from the peer is not a valid message.
+    #[error("malformed message")]
+    Malformed(#[from] DecodeError),
+    /// The owner named a connection the engine does not know (never opened, or already closed).
+    #[error("unknown connection {0}")]
+    UnknownConnection(ConnId),
+    /// The peer sent a message that is not allowed at this point of the protocol.
+    #[error("unexpected `{got}` message while {during}")]
+    UnexpectedMessage {
+        /// What the connection was doing.
+        during: &'static str,
+        /// The `type` of the message.
+        got: &'static str,
+    },
+    /// The peer offered or chose only protocol versions we do not speak.
+    #[error("unsupported protocol versions {0:?}")]
+    UnsupportedProtocolVersions(Vec<String>),
+    /// The `data` of a `sync`/`request` is not an Automerge sync message.
+    #[error("invalid sync message for {doc_id}")]
+    InvalidSyncMessage {
+        /// The document.
+        doc_id: DocumentId,
+        /// Why automerge refused it.
+        #[source]
+        source: sync::ReadMessageError,
+    },
+    /// Automerge could not apply a sync message (for instance a change it cannot decode).
+    #[error("could not apply a sync message to {doc_id}")]
+    ApplySyncMessage {
+        /// The document.
+        doc_id: DocumentId,
+        /// Why.
+        #[source]
+        source: automerge::AutomergeError,
+    },
+    /// A sync state from [`DocumentSource::load_sync_state`] does not decode; a fresh one was
+    /// used instead.
+    #[error("persisted sync state for {doc_id} is corrupt")]
+    CorruptSyncState {
+        /// The document.
+        doc_id: DocumentId,
+        /// Why.
+        #[source]
+        source: sync::DecodeStateError,
+    },
+    /// The owner asked the engine to sync a document that its [`DocumentSource`] lacks.
+    #[error("document {0} is not loaded")]
+    DocumentNotLoaded(DocumentId),
+    /// Too many messages wait for this document to be loaded; the newest was dropped.
+    #[error("too many messages waiting for document {0} to load")]
+    TooManyPendingMessages(DocumentId),
+}
+
+/// What we know of a peer's copy of one document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PeerDocStatus {
+    /// Nothing yet.
+    Unknown,
+    /// It sent heads: it has the document.
+    Has,
+    /// It sent `request`: it wants the document.
+    Wants,
+    /// It said `doc-unavailable`.
+    Unavailable,
+    /// It wants the document, and we told it we do not have it either.
+    ToldUnavailable,
+}
+
+/// One document synced with one peer.
+struct PeerDoc {
+    state: sync::State,
+    status: PeerDocStatus,
+    /// The encoded state the owner last stored (or gave us), to hand out only changes.
+    persisted: Option<Vec<u8>>,
+}
+
+enum Phase {
+    /// We accepted the connection and wait for the peer's `join`.
+    AwaitingJoin,
+    /// We sent `join` and wait for the `peer` answer.
+    AwaitingPeer,
+    /// Handshake done.
+    Ready {
+        peer_id: PeerId,
+        metadata: PeerMetadata,
+    },
+}
+
+/// [`Phase`] without its data, to decide what a message means.
+#[derive(Clone, Copy)]
+enum Stage {
+    AwaitingJoin,
+    AwaitingPeer,
+    Ready,
+}
+
+impl Stage {
+    fn describe(self) -> &'static str {
+        match self {
+            Stage::AwaitingJoin => "waiting for `join`",
+            Stage::AwaitingPeer => "waiting for `peer`",
+            Stage::Ready => "syncing",
+        }
+    }
+}
+
+impl Phase {
+    fn stage(&self) -> Stage {
+        match self {
+            Phase::AwaitingJoin => Stage::AwaitingJoin,
+            Phase::AwaitingPeer => Stage::AwaitingPeer,
+            Phase::Ready { .. } => Stage::Ready,
+        }
+    }
+}
+
+struct Connection {
+    phase: Phase,
+    opened_at: Instant,
+    docs: BTreeMap<DocumentId, PeerDoc>,
+}
+
+impl Connection {
+    fn peer(&self) -> Option<(&PeerId, &PeerMetadata)> {
+        match &self.phase {
+            Phase::Ready { peer_id, metadata } => Some((peer_id, metadata)),
+            _ => None,
+        }
+    }
+
+    /// The storage id under which this peer's sync states are kept, if they are kept at all.
+    fn persistent_storage_id(&self) -> Option<&StorageId> {
+        match self.peer() {
+            Some((_, meta)) if !meta.is_ephemeral => meta.storage_id.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// A `sync` or `request` waiting for its document to be loaded.
+struct Pending {
+    conn: ConnId,
+    is_request: bool,
+    message: SyncMessage,
+}
+
+/// Identifies an ephemeral message across relays: (original sender, session, count).
+type EphemeralKey = (PeerId, String, u64);
+
+/// The sans-IO sync engine. See the [module documentation](self).
+pub struct SyncEngine {
+    config: EngineConfig,
+    conns: BTreeMap<ConnId, Connection>,
+    shared: BTreeSet<DocumentId>,
+    pending: BTreeMap<DocumentId, Vec<Pending>>,
+    seen_ephemeral: HashSet<EphemeralKey>,
+    seen_order: VecDeque<EphemeralKey>,
+    session_id: String,
+    ephemeral_count: u64,
+}
+
+impl SyncEngine {
+    /// An engine with no connections.
+    pub fn new(config: EngineConfig) -> Self {
+        // Ephemeral session ids only need to differ between runs of the same peer id.
+        let session_id = format!("{:016x}", rand::random::<u64>());
+        Self {
+            config,
+            conns: BTreeMap::new(),
+            shared: BTreeSet::new(),
+            pending: BTreeMap::new(),
+            seen_ephemeral: HashSet::new(),
+            seen_order: VecDeque::new(),
+            session_id,
+            ephemeral_count: 0,
+        }
+    }
+
+    /// Our peer id.
+    pub fn peer_id(&self) -> &PeerId {
+        &self.config.peer_id
+    }
+
+    /// The connections whose handshake is done, with the remote peer of each.
+    pub fn peers(&self) -> impl Iterator<Item = (ConnId, &PeerId, &PeerMetadata)> {
+        self.conns
+            .iter()
+            .filter_map(|(conn, c)| c.peer().map(|(id, meta)| (*conn, id, meta)))
+    }
+
+    /// We opened a connection (we are the initiating peer, e.g. the WebSocket client): sends
+    /// `join`. A connection already known under this id is replaced.
+    pub fn connect(&mut self, conn: ConnId, now: Instant) -> Vec<Action> {
+        self.conns
+            .insert(conn, connection(Phase::AwaitingPeer, now));
+        vec![Action::Send {
+            conn,
+            message: Message::Join(JoinMessage {
+                sender_id: self.config.peer_id.clone(),
+                peer_metadata: self.config.metadata.clone(),
+                supported_protocol_versions: vec![PROTOCOL_V1.to_owned()],
+            }),
+        }]
+    }
+
+    /// A peer opened a connection to us (we are the receiving peer, e.g. the relay): waits for
+    /// its `join`. A connection already known under this id is replaced.
+    pub fn accept(&mut self, conn: ConnId, now: Instant) {
+        self.conns
+            .insert(conn, connection(Phase::AwaitingJoin, now));
+    }
+
+    /// The transport closed. Forgets the connection and the messages waiting for it.
+    ///
+    /// May report [`Action::DocumentUnavailable`]: the peer that left may have been the last
+    /// one that could still give us a document we asked for.
+    pub fn peer_disconnected(
+        &mut self,
+        conn: ConnId,
+        docs: &mut dyn DocumentSource,
+    ) -> Vec<Action> {
+        let mut out = Vec::new();
+        let Some(gone) = self.conns.get(&conn) else {
+            return out;
+        };
+        let asked: Vec<DocumentId> = gone.docs.keys().copied().collect();
+        self.drop_connection(conn);
+        for doc_id in asked {
+            self.check_unavailable(doc_id, docs, &mut out);
+        }
+        out
+    }
+
+    /// Decodes one frame from the connection and handles it like [`Self::receive`].
+    ///
+    /// A frame that is not a message is a protocol violation: the peer gets an `error` and the
+    /// connection is closed, as the JavaScript server does. A well-formed message of an unknown
+    /// type is only reported, so that newer peers may add types.
+    pub fn receive_bytes(
+        &mut self,
+        conn: ConnId,
+        bytes: &[u8],
+        now: Instant,
+        docs: &mut dyn DocumentSource,
+    ) -> Vec<Action> {
+        match Message::decode(bytes) {
+            Ok(message) => self.receive(conn, message, now, docs),
+            Err(error) => {
+                let mut out = Vec::new();
+                if !self.conns.contains_key(&conn) {
+                    out.push(error_action(conn, EngineError::UnknownConnection(conn)));
+                } else if matches!(error, DecodeError::UnknownType(_)) {
+                    tracing::debug!(%conn, %error, "ignoring message of unknown type");
+                    out.push(error_action(conn, error.into()));
+                } else {
+                    let text = error.to_string();
+                    out.push(error_action(conn, error.into()));
+                    self.fail(conn, text, DisconnectReason::ProtocolViolation, &mut out);
+                }
+                out
+            }
+        }
+    }
+
+    /// Handles one message from the connection.
+    pub fn receive(
+        &mut self,
+        conn: ConnId,
+        message: Message,
+        now: Instant,
+        docs: &mut dyn DocumentSource,
+    ) -> Vec<Action> {
+        let mut out = self.handle_timeout(now);
+        let Some(stage) = self.conns.get(&conn).map(|c| c.phase.stage()) else {
+            out.push(error_action(conn, EngineError::UnknownConnection(conn)));
+            return out;
+        };
+        match (stage, message) {
+            (Stage::AwaitingJoin, Message::Join(join)) => self.on_join(conn, join, docs, &mut out),
+            (Stage::AwaitingPeer, Message::Peer(peer)) => self.on_peer(conn, peer, docs, &mut out),
+            (_, Message::Error(e)) => {
+                tracing::info!(%conn, message = %e.message, "peer reported an error");
+                self.drop_connection(conn);
+                out.push(Action::Disconnect {
+                    conn,
+                    reason: DisconnectReason::RemoteError(e.message),
+                });
+            }
+            (Stage::Ready, Message::Leave(_)) => {
+                self.drop_connection(conn);
+                out.push(Action::Disconnect {
+                    conn,
+                    reason: DisconnectReason::PeerLeft,
+                });
+            }
+            (Stage::Ready, Message::Sync(m)) => self.on_sync(conn, m, false, docs, &mut out),
+            (Stage::Ready, Message::Request(m)) => self.on_sync(conn, m, true, docs, &mut out),
+            (Stage::Ready, Message::DocUnavailable(m)) => {
+                self.on_doc_unavailable(conn, m, docs, &mut out)
+            }
+            (Stage::Ready, Message::Ephemeral(m)) => self.on_ephemeral(conn, m, &mut out),
+            (Stage::Ready, Message::RemoteHeadsChanged(_))
+            | (Stage::Ready, Message::RemoteSubscriptionChange(_)) => {
+                // Heads gossip only serves "is my peer up to date" indicators, which we do not
+                // offer yet; ignoring it is what a peer without subscriptions does.
+                tracing::trace!(%conn, "ignoring remote heads gossip");
+            }
+            (Stage::Ready, m @ (Message::Join(_) | Message::Peer(_))) => {
+                // A repeated handshake on a live connection changes nothing; say so, keep going.
+                out.push(error_action(
+                    conn,
+                    EngineError::UnexpectedMessage {
+                        during: stage.describe(),
+                        got: m.type_name(),
+                    },
+                ));
+            }
+            (stage, m) => {
+                // Anything else before the handshake is done: the README says to close.
+                let error = EngineError::UnexpectedMessage {
+                    during: stage.describe(),
+                    got: m.type_name(),
+                };
+                let text = error.to_string();
+                out.push(error_action(conn, error));
+                self.fail(conn, text, DisconnectReason::ProtocolViolation, &mut out);
+            }
+        }
+        out
+    }
+
+    /// Drops connections whose handshake took too long.
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<Action> {
+        let timeout = self.config.handshake_timeout;
+        let expired: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.peer().is_none() && now >= c.opened_at + timeout)
+            .map(|(conn, _)| *conn)
+            .collect();
+        let mut out = Vec::new();
+        for conn in expired {
+            self.fail(
+                conn,
+                "handshake timed out".to_owned(),
+                DisconnectReason::HandshakeTimeout,
+                &mut out,
+            );
+        }
+        out
+    }
+
+    /// When [`Self::handle_timeout`] should next be called, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.conns
+            .values()
+            .filter(|c| c.peer().is_none())
+            .map(|c| c.opened_at + self.config.handshake_timeout)
+            .min()
+    }
+
+    /// Syncs this document with every connected peer and every peer that connects later.
+    ///
+    /// An empty document is requested from peers rather than offered. Messages that were
+    /// waiting for the document are handled first.
+    pub fn share_doc(&mut self, doc_id: DocumentId, docs: &mut dyn DocumentSource) -> Vec<Action> {
+        let mut out = Vec::new();
+        if docs.get_mut(&doc_id).is_none() {
+            out.push(Action::Error {
+                conn: None,
+                error: EngineError::DocumentNotLoaded(doc_id),
+            });
+            return out;
+        }
+        self.shared.insert(doc_id);
+        self.drain_pending(doc_id, docs, &mut out);
+        let ready: Vec<ConnId> = self.ready_conns().collect();
+        for conn in ready {
+            self.ensure_peer_doc(conn, doc_id, docs, &mut out);
+            self.generate(conn, doc_id, docs, &mut out);
+        }
+        out
+    }
+
+    /// Stops syncing the document (the owner is unloading it). Its per-peer sync states are
+    /// dropped: they were handed out in [`Action::PersistSyncState`] whenever they changed, so
+    /// the next message about the document starts again from what was persisted.
+    pub fn forget_doc(&mut self, doc_id: DocumentId) {
+        self.shared.remove(&doc_id);
+        for c in self.conns.values_mut() {
+            c.docs.remove(&doc_id);
+        }
+    }
+
+    /// The document changed locally: sends what is new to every peer syncing it.
+    pub fn local_change(
+        &mut self,
+        doc_id: DocumentId,
+        docs: &mut dyn DocumentSource,
+    ) -> Vec<Action> {
+        let mut out = Vec::new();
+        if docs.get_mut(&doc_id).is_none() {
+            out.push(Action::Error {
+                conn: None,
+                error: EngineError::DocumentNotLoaded(doc_id),
+            });
+            return out;
+        }
+        let shared = self.shared.contains(&doc_id);
+        let targets: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.peer().is_some() && (shared || c.docs.contains_key(&doc_id)))
+            .map(|(conn, _)| *conn)
+            .collect();
+        for conn in targets {
+            self.ensure_peer_doc(conn, doc_id, docs, &mut out);
+            self.generate(conn, doc_id, docs, &mut out);
+        }
+        out
+    }
+
+    /// The owner answers an [`Action::DocumentRequested`]: the document is now in the
+    /// [`DocumentSource`]. Handles the messages that waited for it.
+    pub fn doc_loaded(&mut self, doc_id: DocumentId, docs: &mut dyn DocumentSource) -> Vec<Action> {
+        let mut out = Vec::new();
+        if docs.get_mut(&doc_id).is_none() {
+            out.push(Action::Error {
+                conn: None,
+                error: EngineError::DocumentNotLoaded(doc_id),
+            });
+            return out;
+        }
+        self.drain_pending(doc_id, docs, &mut out);
+        out
+    }
+
+    /// The owner answers an [`Action::DocumentRequested`]: it does not have the document (or
+    /// the peer may not see it). Every peer whose message waited for it gets `doc-unavailable`.
+    pub fn doc_unavailable(&mut self, doc_id: DocumentId) -> Vec<Action> {
+        let mut out = Vec::new();
+        let waiting = self.pending.remove(&doc_id).unwrap_or_default();
+        let conns: BTreeSet<ConnId> = waiting.iter().map(|p| p.conn).collect();
+        for conn in conns {
+            if let Some(target_id) = self.remote_peer_id(conn) {
+                out.push(Action::Send {
+                    conn,
+                    message: Message::DocUnavailable(DocUnavailableMessage {
+                        sender_id: self.config.peer_id.clone(),
+                        target_id,
+                        document_id: doc_id,
+                    }),
+                });
+            }
+        }
+        out
+    }
+
+    /// Sends ephemeral data (presence, cursors) about a document to every peer syncing it.
+    pub fn send_ephemeral(&mut self, doc_id: DocumentId, data: Vec<u8>) -> Vec<Action> {
+        self.ephemeral_count += 1;
+        let shared = self.shared.contains(&doc_id);
+        let mut out = Vec::new();
+        for (conn, c) in &self.conns {
+            let Some((peer_id, _)) = c.peer() else {
+                continue;
+            };
+            if shared || c.docs.contains_key(&doc_id) {
+                out.push(Action::Send {
+                    conn: *conn,
+                    message: Message::Ephemeral(EphemeralMessage {
+                        sender_id: self.config.peer_id.clone(),
+                        target_id: peer_id.clone(),
+                        count: self.ephemeral_count,
+                        session_id: self.session_id.clone(),
+                        document_id: doc_id,
+                        data: data.clone(),
+                    }),
+                });
+            }
+        }
+        out
+    }
+
+    // --- handshake ---
+
+    fn on_join(
+        &mut self,
+        conn: ConnId,
+        join: JoinMessage,
+        docs: &mut dyn DocumentSource,
+        out: &mut Vec<Action>,
+    ) {
+        if !join
+            .supported_protocol_versions
+            .iter()
+            .any(|v| v == PROTOCOL_V1)
+        {
+            out.push(error_action(
+                conn,
+                EngineError::UnsupportedProtocolVersions(join.supported_protocol_versions),
+            ));
+            self.fail(
+                conn,
+                "unsupported protocol version".to_owned(),
+                DisconnectReason::UnsupportedProtocolVersion,
+                out,
+            );
+            return;
+        }
+        out.push(Action::Send {
+            conn,
+            message: Message::Peer(PeerMessage {
+                sender_id: self.config.peer_id.clone(),
+                target_id: join.sender_id.clone(),
+                peer_metadata: self.config.metadata.clone(),
+                selected_protocol_version: PROTOCOL_V1.to_owned(),
+            }),
+        });
+        self.become_ready(conn, join.sender_id, join.peer_metadata, docs, out);
+    }
+
+    fn on_peer(
+        &mut self,
+        conn: ConnId,
+        peer: PeerMessage,
+        docs: &mut dyn DocumentSource,
+        out: &mut Vec<Action>,
+    ) {
+        if peer.selected_protocol_version != PROTOCOL_V1 {
+            out.push(error_action(
+                conn,
+                EngineError::UnsupportedProtocolVersions(vec![peer.selected_protocol_version]),
+            ));
+            self.fail(
+                conn,
+                "unsupported protocol version".to_owned(),
+                DisconnectReason::UnsupportedProtocolVersion,
+                out,
+            );
+            return;
+        }
+        self.become_ready(conn, peer.sender_id, peer.peer_metadata, docs, out);
+    }
+
+    fn become_ready(
+        &mut self,
+        conn: ConnId,
+        peer_id: PeerId,
+        metadata: PeerMetadata,
+        docs: &mut dyn DocumentSource,
+        out: &mut Vec<Action>,
+    ) {
+        // Sync states assume one in-order stream per peer; two live connections of one peer id
+        // would interleave. The newer connection wins, as in the JavaScript server.
+        let stale: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(other, c)| **other != conn && c.peer().is_some_and(|(id, _)| *id == peer_id))
+            .map(|(other, _)| *other)
+            .collect();
+        for old in stale {
+            self.drop_connection(old);
+            out.push(Action::Disconnect {
+                conn: old,
+                reason: DisconnectReason::Replaced,
+            });
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.phase = Phase::Ready {
+                peer_id: peer_id.clone(),
+                metadata: metadata.clone(),
+            };
+        }
+        out.push(Action::PeerConnected {
+            conn,
+            peer_id,
+            metadata,
+        });
+        let shared: Vec<DocumentId> = self.shared.iter().copied().collect();
+        for doc_id in shared {
+            if docs.get_mut(&doc_id).is_none() {
+                out.push(Action::Error {
+                    conn: None,
+                    error: EngineError::DocumentNotLoaded(doc_id),
+                });
+                continue;
+            }
+            self.ensure_peer_doc(conn, doc_id, docs, out);
+            self.generate(conn, doc_id, docs, out);
+        }
+    }
+
+    /// Sends `error` to the peer, forgets the connection and tells the owner to close it.
+    fn fail(
+        &mut self,
+        conn: ConnId,
+        text: String,
+        reason: DisconnectReason,
+        out: &mut Vec<Action>,
+    ) {
+        let target_id = self.remote_peer_id(conn);
+        out.push(Action::Send {
+            conn,
+            message: Message::Error(ErrorMessage {
+                message: text,
+                sender_id: Some(self.config.peer_id.clone()),
+                target_id,
+            }),
+        });
+        self.drop_connection(conn);
+        out.push(Action::Disconnect { conn, reason });
+    }
+
+    fn drop_connection(&mut self, conn: ConnId) {
+        self.conns.remove(&conn);
+        for waiting in self.pending.values_mut() {
+            waiting.retain(|p| p.conn != conn);
+        }
+        self.pending.retain(|_, waiting| !waiting.is_empty());
+    }
+
+    // --- documents ---
+
+    fn on_sync(
+        &mut self,
+        conn: ConnId,
+        message: SyncMessage,
+        is_request: bool,
+        docs: &mut dyn DocumentSource,
+        out: &mut Vec<Action>,
+    ) {
+        let doc_id = message.document_id;
+        if docs.get_mut(&doc_id).is_none() {
+            self.queue_pending(conn, message, is_request, out);
+            return;
+        }
+        // The document may have appeared without the owner telling us; keep message order.
+        self.drain_pending(doc_id, docs, out);
+        self.apply_sync(conn, message, is_request, docs, out);
+    }
+
+    fn queue_pending(
+        &mut self,
+        conn: ConnId,
+        message: SyncMessage,
+        is_request: bool,
+        out: &mut Vec<Action>,
+    ) {
+        let doc_id = message.document_id;
+        let waiting = self.pending.entry(doc_id).or_default();
+        if waiting.len() >= self.config.max_pending_messages {
+            out.push(error_action(
+                conn,
+                EngineError::TooManyPendingMessages(doc_id),
+            ));
+            return;
+        }
+        let first = waiting.is_empty();
+        // Heads in the message mean the peer has content; an undecodable message is treated as
+        // a plain request, and refused later when it is applied.
+        let peer_has_data = sync::Message::decode(&message.data)
+            .map(|m| !m.heads.is_empty())
+            .unwrap_or(false);
+        waiting.push(Pending {
+            conn,
+            is_request,
+            message,
+        });
+        if first {
+            out.push(Action::DocumentRequested {
+                doc_id,
+                conn,
+                peer_has_data,
+            });
+        }
+    }
+
+    fn drain_pending(
+        &mut self,
+        doc_id: DocumentId,
+        docs: &mut dyn DocumentSource,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(waiting) = self.pending.remove(&doc_id) else {
+            return;
+        };
+        for p in waiting {
+            self.apply_sync(p.conn, p.message, p.is_request, docs, out);
+        }
+    }
+
+    /// Applies a `sync`/`request` to a loaded document and answers it.
+    fn apply_sync(
+        &mut self,
+        conn: ConnId,
+        message: SyncMessage,
+        is_request: bool,
+        docs: &mut dyn DocumentSource,
+        out: &mut Vec<Action>,
+    ) {
+        let doc_id = message.document_id;
+        let decoded = match sync::Message::decode(&message.data) {
+            Ok(m) => m,
+            Err(source) => {
+                out.push(error_action(
+                    conn,
+                    EngineError::InvalidSyncMessage { doc_id, source },
+                ));
+                return;
+            }
+        };
+        self.ensure_peer_doc(conn, doc_id, docs, out);
+        let (Some(doc), Some(peer_doc)) = (
+            docs.get_mut(&doc_id),
+            self.conns
+                .get_mut(&conn)
+                .and_then(|c| c.docs.get_mut(&doc_id)),
+        ) else {
+            return;
+        };
+        if !decoded.heads.is_empty() {
+            peer_doc.status = PeerDocStatus::Has;
+        } else if is_request {
+            peer_doc.status = PeerDocStatus::Wants;
+        }
+        let before = doc.get_heads();
+        if let Err(source) = doc
+            .sync()
+            .receive_sync_message(&mut peer_doc.state, decoded)
+        {
+            out.push(error_action(
+                conn,
+                EngineError::ApplySyncMessage { doc_id, source },
+            ));
+            return;
+        }
+        let after = doc.get_heads();
+        let changed = after != before;
+        if changed {
+            out.push(Action::DocumentChanged { doc_id });
+        }
+        self.persist_if_changed(conn, doc_id, out);
+
+        if is_request && after.is_empty() {
+            // We do not have it either. We do not relay requests to other peers: a relay is the
+            // top of our topology, so "not here" is the final answer.
+            if let Some(peer_doc) = self.peer_doc_mut(conn, doc_id) {
+                peer_doc.status = PeerDocStatus::ToldUnavailable;
+            }
+            if let Some(target_id) = self.remote_peer_id(conn) {
+                out.push(Action::Send {
+                    conn,
+                    message: Message::DocUnavailable(DocUnavailableMessage {
+                        sender_id: self.config.peer_id.clone(),
+                        target_id,
+                        document_id: doc_id,
+                    }),
+                });
+            }
+        } else {
+            self.generate(conn, doc_id, docs, out);
+        }
+
+        if changed {
+            // Pass the new changes on to everyone else syncing this document.
+            let others: Vec<ConnId> = self
+                .conns
+                .iter()
+                .filter(|(other, c)| **other != conn && c.docs.contains_key(&doc_id))
+                .map(|(other, _)| *other)
+                .collect();
+            for other in others {
+                self.generate(other, doc_id, docs, out);
+            }
+        }
+    }
+
+    fn on_doc_unavailable(
+        &mut self,
+        conn: ConnId,
+        message: DocUnavailableMessage,
+        docs: &mut dyn DocumentSource,
+        out: &mut Vec<Action>,
+    ) {
+        let doc_id = message.document_id;
+        let Some(peer_doc) = self.peer_doc_mut(conn, doc_id) else {
+            tracing::debug!(%conn, %doc_id, "doc-unavailable for a document we did not ask for");
+            return;
+        };
+        peer_doc.status = PeerDocStatus::Unavailable;
+        self.check_unavailable(doc_id, docs, out);
+    }
+
+    /// Reports [`Action::DocumentUnavailable`] when we have nothing of an asked-for document and
+    /// no connected peer may still provide it.
+    fn check_unavailable(
+        &mut self,
+        doc_id: DocumentId,
+        docs: &mut dyn DocumentSource,
+        out: &mut Vec<Action>,
+    ) {
+        if docs
+            .get_mut(&doc_id)
+            .is_some_and(|d| !d.get_heads().is_empty())
+        {
+            return;
+        }
+        let mut asked = false;
+        for c in self.conns.values() {
+            if let Some(peer_doc) = c.docs.get(&doc_id) {
+                match peer_doc.status {
+                    PeerDocStatus::Unknown | PeerDocStatus::Has => return,
+                    PeerDocStatus::Unavailable => asked = true,
+                    PeerDocStatus::Wants | PeerDocStatus::ToldUnavailable => {}
+                }
+            }
+        }
+        if asked {
+            out.push(Action::DocumentUnavailable { doc_id });
+        }
+    }
+
+    fn on_ephemeral(&mut self, conn: ConnId, message: EphemeralMessage, out: &mut Vec<Action>) {
+        let key = (
+            message.sender_id.clone(),
+            message.session_id.clone(),
+            message.count,
+        );
+        // In a mesh the same message arrives along several paths; handle it once.
+        if !self.seen_ephemeral.insert(key.clone()) {
+            return;
+        }
+        self.seen_order.push_back(key);
+        while self.seen_order.len() > self.config.ephemeral_dedup_window {
+            if let Some(old) = self.seen_order.pop_front() {
+                self.seen_ephemeral.remove(&old);
+            }
+        }
+        let doc_id = message.document_id;
+        for (other, c) in &self.conns {
+            let Some((peer_id, _)) = c.peer() else {
+                continue;
+            };
+            // Only peers that sync the document may see data about it.
+            if *other == conn || *peer_id == message.sender_id || !c.docs.contains_key(&doc_id) {
+                continue;
+            }
+            out.push(Action::Send {
+                conn: *other,
+                message: Message::Ephemeral(EphemeralMessage {
+                    target_id: peer_id.clone(),
+                    ..message.clone()
+                }),
+            });
+        }
+        out.push(Action::Ephemeral {
+            doc_id,
+            sender_id: message.sender_id,
+            data: message.data,
+        });
+    }
+
+    /// Creates the sync state of a ready connection for a document, from the persisted one when
+    /// there is one.
+    fn ensure_peer_doc(
+        &mut self,
+        conn: ConnId,
+        doc_id: DocumentId,
+        docs: &mut dyn DocumentSource,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.peer().is_none() || c.docs.contains_key(&doc_id) {
+            return;
+        }
+        let mut state = sync::State::new();
+        let mut persisted = None;
+        if let Some(storage_id) = c.persistent_storage_id() {
+            if let Some(bytes) = docs.load_sync_state(&doc_id, storage_id) {
+                match sync::State::decode(&bytes) {
+                    Ok(decoded) => {
+                        state = decoded;
+                        persisted = Some(bytes);
+                    }
+                    Err(source) => out.push(Action::Error {
+                        conn: Some(conn),
+                        error: EngineError::CorruptSyncState { doc_id, source },
+                    }),
+                }
+            }
+        }
+        c.docs.insert(
+            doc_id,
+            PeerDoc {
+                state,
+                status: PeerDocStatus::Unknown,
+                persisted,
+            },
+        );
+    }
+
+    /// Generates the next sync message for one peer and document, if there is one.
+    fn generate(
+        &mut self,
+        conn: ConnId,
+        doc_id: DocumentId,
+        docs: &mut dyn DocumentSource,
+        out: &mut Vec<Action>,
+    ) {
+        let sender_id = self.config.peer_id.clone();
+        let Some(doc) = docs.get_mut(&doc_id) else {
+            return;
+        };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let Phase::Ready { peer_id, .. } = &c.phase else {
+            return;
+        };
+        let target_id = peer_id.clone();
+        let Some(peer_doc) = c.docs.get_mut(&doc_id) else {
+            return;
+        };
+        let Some(message) = doc.sync().generate_sync_message(&mut peer_doc.state) else {
+            return;
+        };
+        // As automerge-repo: with nothing of the document, and nothing known about the peer's
+        // copy, the message asks for the document.
+        let is_request = doc.get_heads().is_empty()
+            && peer_doc.state.shared_heads.is_empty()
+            && peer_doc.status == PeerDocStatus::Unknown;
+        let payload = SyncMessage {
+            sender_id,
+            target_id,
+            document_id: doc_id,
+            data: message.encode(),
+        };
+        out.push(Action::Send {
+            conn,
+            message: if is_request {
+                Message::Request(payload)
+            } else {
+                Message::Sync(payload)
+            },
+        });
+        self.persist_if_changed(conn, doc_id, out);
+    }
+
+    /// Hands the sync state to the owner if its persistent part changed since last time.
+    fn persist_if_changed(&mut self, conn: ConnId, doc_id: DocumentId, out: &mut Vec<Action>) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let Some(storage_id) = c.persistent_storage_id().cloned() else {
+            return;
+        };
+        let Some(peer_doc) = c.docs.get_mut(&doc_id) else {
+            return;
+        };
+        let bytes = peer_doc.state.encode();
+        if peer_doc.persisted.as_ref() == Some(&bytes) {
+            return;
+        }
+        peer_doc.persisted = Some(bytes.clone());
+        out.push(Action::PersistSyncState {
+            doc_id,
+            peer_storage_id: storage_id,
+            bytes,
+        });
+    }
+
+    fn peer_doc_mut(&mut self, conn: ConnId, doc_id: DocumentId) -> Option<&mut PeerDoc> {
+        self.conns.get_mut(&conn)?.docs.get_mut(&doc_id)
+    }
+
+    fn remote_peer_id(&self, conn: ConnId) -> Option<PeerId> {
+        self.conns
+            .get(&conn)
+            .and_then(|c| c.peer())
+            .map(|(id, _)| id.clone())
+    }
+
+    fn ready_conns(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.conns
+            .iter()
+            .filter(|(_, c)| c.peer().is_some())
+            .map(|(conn, _)| *conn)
+    }
+}
+
+fn connection(phase: Phase, now: Instant) -> Connection {
+    Connection {
+        phase,
+        opened_at: now,
+        docs: BTreeMap::new(),
+    }
+}
+
+fn error_action(conn: ConnId, error: EngineError) -> Action {
+    Action::Error {
+        conn: Some(conn),
+        error,
+    }
+}

@@ -1,0 +1,21 @@
+//! Sync with other peers over the automerge-repo sync protocol v1.
+//!
+//! The protocol is the one of `@automerge/automerge-repo` 2.x and its WebSocket adapter, so a
+//! stock JavaScript repo (a web app, a tablet's browser) can sync with our relay and our relay
+//! with it. Three layers, none of which does I/O:
+//!
+//! - [`docid`]: [`DocumentId`], the bs58check id of every document, and `automerge:` URLs;
+//! - [`message`]: the CBOR messages ([`Message`]) and their tolerant decoding;
+//! - [`engine`]: [`SyncEngine`], the state machine that runs the handshake and one Automerge
+//!   sync state per peer and document, taking messages and time in and giving messages and
+//!   storage writes out ([`Action`]). Transports (WebSocket, QUIC) only move frames.
+
+pub mod docid;
+pub mod engine;
+pub mod message;
+
+pub use docid::{DocumentId, DocumentIdError};
+pub use engine::{
+    Action, ConnId, DisconnectReason, DocumentSource, EngineConfig, EngineError, SyncEngine,
+};
+pub use message::{DecodeError, Message, PeerId, PeerMetadata, StorageId};

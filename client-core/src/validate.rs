@@ -1,0 +1,603 @@
+//! Hard validation rules: an edit that breaks one is refused with an error that says what is
+//! wrong and where (`collection/id/field: problem`).
+//!
+//! The same rules run on the device before an edit is committed and on the relay before a
+//! change is accepted. Soft rules (released more than the baseline, disbursed more than
+//! committed...) are never refused; they are flags in the consolidated view (`report`).
+
+use chrono::NaiveDate;
+
+use crate::coalition::{Coalition, Edit, Identity};
+use crate::error::EditError;
+use crate::model::{keys, *};
+use crate::{geo, refdata};
+
+/// Years the model accepts for plans, pledges and figures.
+const YEARS: std::ops::RangeInclusive<i64> = 1990..=2100;
+
+/// Check the coalition's description.
+pub fn coalition_info(info: &CoalitionInfo) -> Result<(), EditError> {
+    let id = "coalition";
+    non_empty(keys::COALITION, id, "name", &info.name)?;
+    country(keys::COALITION, id, "affected_state", &info.affected_state)?;
+    if let Some(d) = &info.entry_into_force {
+        date(keys::COALITION, id, "entry_into_force", d)?;
+    }
+    Ok(())
+}
+
+/// Check a member organisation.
+pub fn member(m: &Member) -> Result<(), EditError> {
+    let c = keys::MEMBERS;
+    org_id(c, &m.org, "org", &m.org)?;
+    non_empty(c, &m.org, "name", &m.name)?;
+    for role in m.roles.keys() {
+        role.parse::<Role>()
+            .map_err(|e| EditError::invalid(c, &m.org, "roles", e.to_string()))?;
+    }
+    if let Some(code) = &m.country {
+        country(c, &m.org, "country", code)?;
+    }
+    Ok(())
+}
+
+/// Check one edit against the hard rules, with the coalition as it stands on this device.
+pub fn edit(coalition: &Coalition, who: &Identity, edit: &Edit) -> Result<(), EditError> {
+    let c = edit.collection();
+    match edit {
+        Edit::SetCoalition(info) => coalition_info(info),
+        Edit::PutMember(m) => member(m),
+        Edit::RemoveMember { org } => {
+            if !coalition.members()?.contains_key(org) {
+                return Err(EditError::NotFound {
+                    what: "member",
+                    id: org.clone(),
+                });
+            }
+            if *org == who.org {
+                return Err(EditError::invalid(
+                    c,
+                    org,
+                    "org",
+                    "a coordinator cannot remove its own organisation",
+                ));
+            }
+            Ok(())
+        }
+        Edit::AddExchangeRate(r) => {
+            let id = r.key();
+            let on = date(c, &id, "date", &r.date)?;
+            currency(c, &id, "currency", &r.currency, on)?;
+            if !(r.usd_per_unit.is_finite() && r.usd_per_unit > 0.0) {
+                return Err(EditError::invalid(
+                    c,
+                    &id,
+                    "usd_per_unit",
+                    format!("must be a positive number, got {}", r.usd_per_unit),
+                ));
+            }
+            non_empty(c, &id, "source", &r.source)
+        }
+        Edit::PutObligation(o) => {
+            let id = o.pillar.as_str();
+            for (field, value) in [
+                ("legal_deadline", &o.legal_deadline),
+                ("current_deadline", &o.current_deadline),
+                ("completed_on", &o.completed_on),
+            ] {
+                if let Some(v) = value {
+                    date(c, id, field, v)?;
+                }
+            }
+            Ok(())
+        }
+        Edit::AddExtensionRequest(r) => {
+            entity_id(c, &r.id)?;
+            let requested = date(c, &r.id, "requested_deadline", &r.requested_deadline)?;
+            let previous = date(c, &r.id, "previous_deadline", &r.previous_deadline)?;
+            let submitted = date(c, &r.id, "submitted_on", &r.submitted_on)?;
+            if requested <= previous {
+                return Err(EditError::invalid(
+                    c,
+                    &r.id,
+                    "requested_deadline",
+                    format!("{requested} is not after the deadline in force ({previous})"),
+                ));
+            }
+            if let Some(b) = r.budget {
+                non_negative(c, &r.id, "budget", b)?;
+                let code = r.budget_currency.as_deref().ok_or_else(|| {
+                    EditError::invalid(c, &r.id, "budget_currency", "a budget needs its currency")
+                })?;
+                currency(c, &r.id, "budget_currency", code, submitted)?;
+            }
+            Ok(())
+        }
+        Edit::DecideExtension { .. } => Ok(()),
+        Edit::PutHazardArea(a) => {
+            entity_id(c, &a.id)?;
+            non_empty(c, &a.id, "code", &a.code)?;
+            non_empty(c, &a.id, "name", &a.name)?;
+            non_negative(c, &a.id, "baseline_m2", a.baseline_m2)?;
+            priority(c, &a.id, a.priority)?;
+            geo::parse_area_geometry(&a.geometry)
+                .map_err(|e| EditError::invalid(c, &a.id, "geometry", e.to_string()))?;
+            Ok(())
+        }
+        Edit::Rebaseline {
+            area_id,
+            baseline_m2,
+            date: d,
+            reason,
+        } => {
+            non_negative(keys::HAZARD_AREAS, area_id, "baseline_m2", *baseline_m2)?;
+            date(c, area_id, "date", d)?;
+            non_empty(c, area_id, "reason", reason)
+        }
+        Edit::PutTask(t) => {
+            entity_id(c, &t.id)?;
+            area_exists(coalition, c, &t.id, &t.area_id)?;
+            if !coalition
+                .members()?
+                .get(&t.operator)
+                .is_some_and(|m| m.role_set().contains(&Role::Operator))
+            {
+                return Err(EditError::invalid(
+                    c,
+                    &t.id,
+                    "operator",
+                    format!(
+                        "`{}` is not an operator member of the coalition",
+                        t.operator
+                    ),
+                ));
+            }
+            dates(
+                c,
+                &t.id,
+                &[
+                    ("planned_start", &t.planned_start),
+                    ("planned_end", &t.planned_end),
+                ],
+            )
+        }
+        Edit::PutTaskProgress(p) => {
+            let task = coalition
+                .find_entity::<Task>(DocKind::Plan, keys::TASKS, &p.task_id)?
+                .ok_or_else(|| EditError::NotFound {
+                    what: "task",
+                    id: p.task_id.clone(),
+                })?;
+            if task.operator != who.org {
+                return Err(EditError::invalid(
+                    c,
+                    &p.task_id,
+                    "task_id",
+                    format!("the task is assigned to {}, not {}", task.operator, who.org),
+                ));
+            }
+            dates(
+                c,
+                &p.task_id,
+                &[
+                    ("actual_start", &p.actual_start),
+                    ("actual_end", &p.actual_end),
+                ],
+            )
+        }
+        Edit::RecordRelease(e) => release(coalition, e),
+        Edit::Approve(a) => {
+            date(c, &a.entry_id, "decided_on", &a.decided_on)?;
+            if coalition
+                .find_entity::<LandReleaseEntry>(DocKind::Operator, keys::RELEASES, &a.entry_id)?
+                .is_none()
+            {
+                return Err(EditError::NotFound {
+                    what: "land release entry",
+                    id: a.entry_id.clone(),
+                });
+            }
+            Ok(())
+        }
+        Edit::PutStockpileLine(l) => {
+            entity_id(c, &l.id)?;
+            non_empty(c, &l.id, "munition_type", &l.munition_type)?;
+            for (field, v) in [
+                ("declared", l.declared),
+                ("declared_submunitions", l.declared_submunitions),
+                ("retained", l.retained),
+                ("transferred", l.transferred),
+            ] {
+                non_negative(c, &l.id, field, v)?;
+            }
+            Ok(())
+        }
+        Edit::AddDestruction(e) => {
+            entity_id(c, &e.id)?;
+            date(c, &e.id, "date", &e.date)?;
+            non_negative(c, &e.id, "quantity", e.quantity)?;
+            non_negative(c, &e.id, "submunitions", e.submunitions)?;
+            if coalition
+                .find_entity::<StockpileLine>(DocKind::Plan, keys::STOCKPILE, &e.line_id)?
+                .is_none()
+            {
+                return Err(EditError::NotFound {
+                    what: "stockpile line",
+                    id: e.line_id.clone(),
+                });
+            }
+            Ok(())
+        }
+        Edit::PutVictimAssistance(v) => {
+            let id = v.year.to_string();
+            year(c, &id, "year", v.year)?;
+            for (field, value) in [
+                ("killed", v.killed),
+                ("injured", v.injured),
+                ("survivors", v.survivors),
+                ("assisted", v.assisted),
+            ] {
+                if let Some(value) = value {
+                    non_negative(c, &id, field, value)?;
+                }
+            }
+            Ok(())
+        }
+        Edit::PutNeed(n) => {
+            entity_id(c, &n.id)?;
+            non_empty(c, &n.id, "title", &n.title)?;
+            years(c, &n.id, n.start_year, n.end_year)?;
+            non_negative(c, &n.id, "amount", n.amount)?;
+            priority(c, &n.id, n.priority)?;
+            currency(c, &n.id, "currency", &n.currency, jan_first(n.start_year))
+        }
+        Edit::PutPledge(p) => {
+            entity_id(c, &p.id)?;
+            if p.donor != who.org {
+                return Err(EditError::invalid(
+                    c,
+                    &p.id,
+                    "donor",
+                    format!(
+                        "{} may only pledge in its own name, not {}",
+                        who.org, p.donor
+                    ),
+                ));
+            }
+            years(c, &p.id, p.start_year, p.end_year)?;
+            non_negative(c, &p.id, "amount", p.amount)?;
+            currency(c, &p.id, "currency", &p.currency, jan_first(p.start_year))?;
+            if let Some(d) = &p.committed_on {
+                date(c, &p.id, "committed_on", d)?;
+            }
+            if let Some(need) = &p.need_id {
+                need_exists(coalition, c, &p.id, need)?;
+            }
+            let current =
+                coalition.find_entity::<Pledge>(DocKind::Partner, keys::PLEDGES, &p.id)?;
+            if let Some(current) = current {
+                if !current.status.may_become(p.status) {
+                    return Err(EditError::invalid(
+                        c,
+                        &p.id,
+                        "status",
+                        format!(
+                            "a pledge's status only moves forward: {} cannot become {}",
+                            current.status, p.status
+                        ),
+                    ));
+                }
+            }
+            Ok(())
+        }
+        Edit::AddDisbursement(d) => {
+            entity_id(c, &d.id)?;
+            let on = date(c, &d.id, "date", &d.date)?;
+            non_negative(c, &d.id, "amount", d.amount)?;
+            currency(c, &d.id, "currency", &d.currency, on)?;
+            match coalition.find_entity::<Pledge>(DocKind::Partner, keys::PLEDGES, &d.pledge_id)? {
+                Some(p) if p.donor == who.org => Ok(()),
+                Some(p) => Err(EditError::invalid(
+                    c,
+                    &d.id,
+                    "pledge_id",
+                    format!("the pledge is {}'s, not {}'s", p.donor, who.org),
+                )),
+                None => Err(EditError::NotFound {
+                    what: "pledge",
+                    id: d.pledge_id.clone(),
+                }),
+            }
+        }
+        Edit::PutOffer(o) => {
+            entity_id(c, &o.id)?;
+            if o.partner != who.org {
+                return Err(EditError::invalid(
+                    c,
+                    &o.id,
+                    "partner",
+                    format!(
+                        "{} may only offer in its own name, not {}",
+                        who.org, o.partner
+                    ),
+                ));
+            }
+            non_empty(c, &o.id, "expertise", &o.expertise)?;
+            non_negative(c, &o.id, "person_days", o.person_days)?;
+            non_negative(c, &o.id, "value", o.value)?;
+            year(c, &o.id, "year", o.year)?;
+            currency(c, &o.id, "currency", &o.currency, jan_first(o.year))?;
+            if let Some(need) = &o.need_id {
+                need_exists(coalition, c, &o.id, need)?;
+            }
+            Ok(())
+        }
+        Edit::SetNarrative { .. } => Ok(()),
+        Edit::AddComment(cm) => {
+            entity_id(c, &cm.id)?;
+            non_empty(c, &cm.id, "text", &cm.text)?;
+            if cm.org != who.org || cm.user != who.user {
+                return Err(EditError::invalid(
+                    c,
+                    &cm.id,
+                    "user",
+                    "a comment is signed by its author",
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A land release entry: figures ≥ 0, the category matches the method, corrections point at
+/// an existing entry of the same operator.
+pub fn release(coalition: &Coalition, e: &LandReleaseEntry) -> Result<(), EditError> {
+    let c = keys::RELEASES;
+    entity_id(c, &e.id)?;
+    date(c, &e.id, "date_of_information", &e.date_of_information)?;
+    for (field, v) in [
+        ("cancelled_m2", e.cancelled_m2),
+        ("reduced_m2", e.reduced_m2),
+        ("cleared_m2", e.cleared_m2),
+    ] {
+        non_negative(c, &e.id, field, v)?;
+    }
+    for (kind, n) in &e.items {
+        non_negative(c, &e.id, &format!("items.{kind}"), *n)?;
+    }
+    let allowed: &[(&str, i64)] = &[
+        ("cancelled_m2", e.cancelled_m2),
+        ("reduced_m2", e.reduced_m2),
+        ("cleared_m2", e.cleared_m2),
+    ];
+    let category = match e.method {
+        Method::Nts => Some("cancelled_m2"),
+        Method::Ts => Some("reduced_m2"),
+        Method::Clearance => Some("cleared_m2"),
+        Method::Eod => None,
+    };
+    for (field, v) in allowed {
+        if *v > 0 && Some(*field) != category {
+            let expected = category
+                .map(|f| format!("only {f}"))
+                .unwrap_or_else(|| "no area".to_string());
+            return Err(EditError::invalid(
+                c,
+                &e.id,
+                field,
+                format!(
+                    "method {} releases {expected}; {v} m² recorded as {field}",
+                    e.method
+                ),
+            ));
+        }
+    }
+    area_exists(coalition, c, &e.id, &e.area_id)?;
+    if e.amends.is_some() && e.voids.is_some() {
+        return Err(EditError::invalid(
+            c,
+            &e.id,
+            "voids",
+            "an entry either amends or voids another, not both",
+        ));
+    }
+    if let Some(target) = e.amends.as_ref().or(e.voids.as_ref()) {
+        match coalition.find_entity::<LandReleaseEntry>(
+            DocKind::Operator,
+            keys::RELEASES,
+            target,
+        )? {
+            Some(t) if t.operator == e.operator => {}
+            Some(t) => {
+                return Err(EditError::invalid(
+                    c,
+                    &e.id,
+                    "amends",
+                    format!(
+                        "entry {target} is {}'s; only its operator corrects it",
+                        t.operator
+                    ),
+                ));
+            }
+            None => {
+                return Err(EditError::NotFound {
+                    what: "land release entry",
+                    id: target.clone(),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+fn entity_id(collection: &str, id: &str) -> Result<(), EditError> {
+    org_id(collection, id, "id", id)
+}
+
+/// Ids and organisation names become map keys and path segments: keep them plain.
+fn org_id(collection: &str, id: &str, field: &str, value: &str) -> Result<(), EditError> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(EditError::invalid(
+            collection,
+            id,
+            field,
+            format!("`{value}` is not a valid id (1-64 letters, digits, '-', '_' or '.')"),
+        ))
+    }
+}
+
+fn non_empty(collection: &str, id: &str, field: &str, value: &str) -> Result<(), EditError> {
+    if value.trim().is_empty() {
+        Err(EditError::invalid(
+            collection,
+            id,
+            field,
+            "must not be empty",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn non_negative(collection: &str, id: &str, field: &str, value: i64) -> Result<(), EditError> {
+    if value < 0 {
+        Err(EditError::invalid(
+            collection,
+            id,
+            field,
+            format!("must be zero or more, got {value}"),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn priority(collection: &str, id: &str, value: i64) -> Result<(), EditError> {
+    if (1..=5).contains(&value) {
+        Ok(())
+    } else {
+        Err(EditError::invalid(
+            collection,
+            id,
+            "priority",
+            format!("must be 1 (highest) to 5, got {value}"),
+        ))
+    }
+}
+
+/// Parse an ISO 8601 calendar date.
+pub fn date(collection: &str, id: &str, field: &str, value: &str) -> Result<NaiveDate, EditError> {
+    NaiveDate::parse_from_str(value, "%Y-%m-%d").map_err(|_| {
+        EditError::invalid(
+            collection,
+            id,
+            field,
+            format!("`{value}` is not a date (YYYY-MM-DD)"),
+        )
+    })
+}
+
+fn dates(collection: &str, id: &str, fields: &[(&str, &Option<String>)]) -> Result<(), EditError> {
+    for (field, value) in fields {
+        if let Some(v) = value {
+            date(collection, id, field, v)?;
+        }
+    }
+    Ok(())
+}
+
+fn year(collection: &str, id: &str, field: &str, value: i64) -> Result<(), EditError> {
+    if YEARS.contains(&value) {
+        Ok(())
+    } else {
+        Err(EditError::invalid(
+            collection,
+            id,
+            field,
+            format!("{value} is not a year between 1990 and 2100"),
+        ))
+    }
+}
+
+fn years(collection: &str, id: &str, start: i64, end: i64) -> Result<(), EditError> {
+    year(collection, id, "start_year", start)?;
+    year(collection, id, "end_year", end)?;
+    if end < start {
+        return Err(EditError::invalid(
+            collection,
+            id,
+            "end_year",
+            format!("{end} is before the start year {start}"),
+        ));
+    }
+    Ok(())
+}
+
+fn jan_first(year: i64) -> NaiveDate {
+    NaiveDate::from_ymd_opt(i32::try_from(year).unwrap_or(1990), 1, 1).unwrap_or_default()
+}
+
+fn currency(
+    collection: &str,
+    id: &str,
+    field: &str,
+    code: &str,
+    on: NaiveDate,
+) -> Result<(), EditError> {
+    refdata::check_currency(code, on)
+        .map_err(|e| EditError::invalid(collection, id, field, e.to_string()))
+}
+
+fn country(collection: &str, id: &str, field: &str, code: &str) -> Result<(), EditError> {
+    refdata::check_country(code)
+        .map_err(|e| EditError::invalid(collection, id, field, e.to_string()))
+}
+
+fn area_exists(
+    coalition: &Coalition,
+    collection: &str,
+    id: &str,
+    area_id: &str,
+) -> Result<(), EditError> {
+    if coalition
+        .find_entity::<HazardArea>(DocKind::Plan, keys::HAZARD_AREAS, area_id)?
+        .is_some()
+    {
+        Ok(())
+    } else {
+        Err(EditError::invalid(
+            collection,
+            id,
+            "area_id",
+            format!("hazard area `{area_id}` does not exist"),
+        ))
+    }
+}
+
+fn need_exists(
+    coalition: &Coalition,
+    collection: &str,
+    id: &str,
+    need_id: &str,
+) -> Result<(), EditError> {
+    if coalition
+        .find_entity::<Need>(DocKind::Plan, keys::NEEDS, need_id)?
+        .is_some()
+    {
+        Ok(())
+    } else {
+        Err(EditError::invalid(
+            collection,
+            id,
+            "need_id",
+            format!("need `{need_id}` does not exist"),
+        ))
+    }
+}
