@@ -46,7 +46,7 @@ impl Identity {
 }
 
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -218,9 +218,9 @@ pub struct Coalition {
 }
 
 /// Root keys every document carries to describe itself.
-const META_KIND: &str = "kind";
-const META_OWNER: &str = "owner";
-const META_COALITION: &str = "coalition";
+const META_KIND: &str = "doc_kind";
+const META_OWNER: &str = "doc_owner";
+const META_COALITION: &str = "doc_coalition";
 
 impl Coalition {
     /// Create a coalition on this device. The creator's organisation becomes a member with the
@@ -244,10 +244,10 @@ impl Coalition {
         }
         let manifest_id = DocumentId::new_random();
         let mut coalition = Coalition {
-            id: manifest_id.clone(),
+            id: manifest_id,
             docs: BTreeMap::new(),
         };
-        coalition.new_doc(who, manifest_id.clone(), DocKind::Manifest, None)?;
+        coalition.new_doc(who, manifest_id, DocKind::Manifest, None)?;
         {
             let doc = &mut coalition.doc_mut(&manifest_id)?.doc;
             reconcile_prop(doc, ROOT, keys::COALITION, &info)?;
@@ -263,12 +263,11 @@ impl Coalition {
         }
         for kind in [DocKind::Plan, DocKind::Comments] {
             let id = DocumentId::new_random();
-            coalition.new_doc(who, id.clone(), kind, None)?;
+            coalition.new_doc(who, id, kind, None)?;
             coalition.list_doc(&id, kind, None)?;
         }
         coalition.commit_doc(
             &manifest_id,
-            who,
             now,
             CommitInfo::new(
                 who,
@@ -314,7 +313,7 @@ impl Coalition {
             });
         }
         self.docs.insert(
-            id.clone(),
+            id,
             CoalitionDoc {
                 id,
                 kind,
@@ -404,14 +403,15 @@ impl Coalition {
         access::check_write(who, &roles, kind, owner.as_deref(), edit.collection())?;
         let doc_id = self
             .find_doc(kind, owner.as_deref())
-            .map(|d| d.id.clone())
+            .map(|d| d.id)
             .ok_or_else(|| EditError::NoDocument {
                 kind,
                 owner: owner.clone().unwrap_or_default(),
             })?;
         validate::edit(self, who, &edit)?;
+        self.set_actor(who);
 
-        let mut docs = vec![doc_id.clone()];
+        let mut docs = vec![doc_id];
         let mut created = Vec::new();
         let (action, entity_id, fields) = {
             let result = self.write(&doc_id, who, &edit, now, &mut created);
@@ -424,7 +424,7 @@ impl Coalition {
             }
         };
         let info = CommitInfo::new(who, action, edit.collection(), entity_id.clone(), fields);
-        let hash = self.commit_doc(&doc_id, who, now, info);
+        let hash = self.commit_doc(&doc_id, now, info);
         docs.extend(created);
         Ok(Committed {
             docs,
@@ -466,10 +466,9 @@ impl Coalition {
                 if let Some(kind) = needs_doc {
                     if self.find_doc(kind, Some(&member.org)).is_none() {
                         let id = DocumentId::new_random();
-                        self.new_doc(who, id.clone(), kind, Some(&member.org))?;
+                        self.new_doc(who, id, kind, Some(&member.org))?;
                         self.commit_doc(
                             &id,
-                            who,
                             now,
                             CommitInfo::new(who, "create", "document", id.to_string(), vec![]),
                         );
@@ -705,7 +704,7 @@ impl Coalition {
             doc.put_object(ROOT, *collection, ObjType::Map)?;
         }
         self.docs.insert(
-            id.clone(),
+            id,
             CoalitionDoc {
                 id,
                 kind,
@@ -723,7 +722,7 @@ impl Coalition {
         kind: DocKind,
         owner: Option<&str>,
     ) -> Result<(), EditError> {
-        let manifest_id = self.id.clone();
+        let manifest_id = self.id;
         let doc = &mut self.doc_mut(&manifest_id)?.doc;
         let listed = map_obj(doc, &ROOT, keys::DOCUMENTS)?;
         reconcile_prop(
@@ -738,15 +737,11 @@ impl Coalition {
         Ok(())
     }
 
-    fn commit_doc(
-        &mut self,
-        id: &DocumentId,
-        who: &Identity,
-        now: i64,
-        info: CommitInfo,
-    ) -> Option<ChangeHash> {
+    /// Commit a document's pending writes with the author and a real timestamp. The actor must
+    /// already be the author's (see [`Coalition::set_actor`]): setting it would close the
+    /// open transaction without them.
+    fn commit_doc(&mut self, id: &DocumentId, now: i64, info: CommitInfo) -> Option<ChangeHash> {
         let d = self.docs.get_mut(id)?;
-        d.doc.set_actor(who.actor_id());
         let message = serde_json::to_string(&info).unwrap_or_default();
         d.doc.commit_with(
             CommitOptions::default()
@@ -761,7 +756,7 @@ impl Coalition {
         let mut written = Vec::new();
         for id in ids {
             let info = CommitInfo::new(who, "create", "document", id.to_string(), vec![]);
-            if self.commit_doc(&id, who, now, info).is_some() {
+            if self.commit_doc(&id, now, info).is_some() {
                 written.push(id);
             }
         }
@@ -782,12 +777,12 @@ impl Coalition {
             match self.docs.get_mut(id) {
                 Some(ours) => {
                     if !ours.doc.merge(&mut theirs.doc)?.is_empty() {
-                        changed.push(id.clone());
+                        changed.push(*id);
                     }
                 }
                 None => {
-                    self.docs.insert(id.clone(), theirs.clone());
-                    changed.push(id.clone());
+                    self.docs.insert(*id, theirs.clone());
+                    changed.push(*id);
                 }
             }
         }
@@ -798,7 +793,10 @@ impl Coalition {
     pub fn set_actor(&mut self, who: &Identity) {
         let actor = who.actor_id();
         for d in self.docs.values_mut() {
-            d.doc.set_actor(actor.clone());
+            // Setting the actor closes any open transaction: only do it when it changes.
+            if d.doc.get_actor() != &actor {
+                d.doc.set_actor(actor.clone());
+            }
         }
     }
 
@@ -813,9 +811,9 @@ impl Coalition {
             }
             let forked = d.doc.fork_at(&heads)?;
             docs.insert(
-                id.clone(),
+                *id,
                 CoalitionDoc {
-                    id: id.clone(),
+                    id: *id,
                     kind: d.kind,
                     owner: d.owner.clone(),
                     doc: forked,
@@ -825,10 +823,7 @@ impl Coalition {
         if !docs.contains_key(&self.id) {
             return Err(EditError::NotYetCreated { at });
         }
-        Ok(Coalition {
-            id: self.id.clone(),
-            docs,
-        })
+        Ok(Coalition { id: self.id, docs })
     }
 }
 

@@ -70,13 +70,13 @@ pub enum EditError {
         at: i64,
     },
     /// Automerge refused an operation.
-    #[error("automerge: {0}")]
+    #[error("automerge refused the operation")]
     Automerge(#[from] automerge::AutomergeError),
     /// A document holds data that does not fit the model.
-    #[error("document data does not fit the model: {0}")]
+    #[error("document data does not fit the model")]
     Hydrate(#[from] autosurgeon::HydrateError),
     /// Writing an entity into a document failed.
-    #[error("writing to the document failed: {0}")]
+    #[error("writing to the document failed")]
     Reconcile(#[from] autosurgeon::ReconcileError),
 }
 

@@ -38,7 +38,7 @@ pub enum ExportError {
     #[error("export file version {0} is newer than this software reads ({VERSION})")]
     TooNew(u64),
     /// A document inside does not load.
-    #[error("document {doc} in the export file is damaged: {source}")]
+    #[error("document {doc} in the export file is damaged")]
     BadDocument {
         /// The document id.
         doc: String,
@@ -164,7 +164,7 @@ pub fn import(store: &mut Store, bytes: &[u8]) -> Result<ImportSummary, ExportEr
     let (id, docs) = decode(bytes)?;
     let count = docs.len();
     let existing = store.coalitions()?.iter().any(|c| c.id == id);
-    let mut theirs = Coalition::from_docs(id.clone(), docs)?;
+    let mut theirs = Coalition::from_docs(id, docs)?;
     if !existing {
         store.save_all(&mut theirs)?;
         return Ok(ImportSummary {

@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod coalition;
+pub mod demo;
 pub mod error;
 pub mod export;
 pub mod geo;

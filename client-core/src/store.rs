@@ -30,7 +30,7 @@ pub const COMPACT_AFTER: i64 = 32;
 #[non_exhaustive]
 pub enum StoreError {
     /// SQLite failed (disk full, permissions, a locked or damaged database file).
-    #[error("store database {path}: {source}")]
+    #[error("store database {path}")]
     Sqlite {
         /// The database file.
         path: PathBuf,
@@ -39,7 +39,7 @@ pub enum StoreError {
         source: rusqlite::Error,
     },
     /// The store directory could not be created.
-    #[error("cannot create store directory {path}: {source}")]
+    #[error("cannot create store directory {path}")]
     Io {
         /// The directory.
         path: PathBuf,
@@ -48,7 +48,7 @@ pub enum StoreError {
         source: std::io::Error,
     },
     /// A document's stored bytes do not load. The bytes are left untouched.
-    #[error("document {doc} in the store does not load (left untouched): {source}")]
+    #[error("document {doc} in the store does not load (left untouched)")]
     Corrupt {
         /// The document.
         doc: String,
@@ -71,7 +71,7 @@ pub enum StoreError {
     #[error(transparent)]
     Model(#[from] EditError),
     /// Stored identity data is unreadable.
-    #[error("stored identity is unreadable: {0}")]
+    #[error("stored identity is unreadable")]
     Identity(#[from] serde_json::Error),
 }
 
@@ -252,7 +252,7 @@ impl Store {
         if docs.is_empty() {
             return Err(StoreError::UnknownCoalition(coalition.to_string()));
         }
-        Ok(Coalition::from_docs(coalition.clone(), docs)?)
+        Ok(Coalition::from_docs(*coalition, docs)?)
     }
 
     /// Load the documents of a coalition without assembling them.
@@ -328,7 +328,7 @@ impl Store {
 
     /// Persist every document of a coalition.
     pub fn save_all(&mut self, coalition: &mut Coalition) -> Result<(), StoreError> {
-        let ids: Vec<DocumentId> = coalition.docs().map(|d| d.id.clone()).collect();
+        let ids: Vec<DocumentId> = coalition.docs().map(|d| d.id).collect();
         self.save(coalition, &ids)
     }
 

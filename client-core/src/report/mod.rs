@@ -579,6 +579,7 @@ fn clearance(
         }
     }
     let cutoff = as_of - chrono::Duration::days(APPROVAL_GRACE_DAYS);
+    let mut items_per_area: BTreeMap<&str, i64> = BTreeMap::new();
     for e in s.releases.values() {
         if !s.approvals.contains_key(&e.id) {
             p.pending_entries += 1;
@@ -597,22 +598,24 @@ fn clearance(
             }
         }
         if e.items_total() > 0 {
-            if let Some(a) = s
-                .hazard_areas
-                .get(&e.area_id)
-                .filter(|a| a.class == HazardClass::Sha)
-            {
-                flags.push(Flag {
-                    rule: "items_in_sha",
-                    entity: keys::HAZARD_AREAS,
-                    id: a.id.clone(),
-                    message: format!(
-                        "{} items found in suspected area {}: consider reclassifying it as CHA",
-                        e.items_total(),
-                        a.code
-                    ),
-                });
-            }
+            *items_per_area.entry(e.area_id.as_str()).or_default() += e.items_total();
+        }
+    }
+    for (area_id, items) in items_per_area {
+        let suspected = s
+            .hazard_areas
+            .get(area_id)
+            .filter(|a| a.class == HazardClass::Sha && a.status != AreaStatus::Released);
+        if let Some(a) = suspected {
+            flags.push(Flag {
+                rule: "items_in_sha",
+                entity: keys::HAZARD_AREAS,
+                id: a.id.clone(),
+                message: format!(
+                    "{items} items found in suspected area {}: consider reclassifying it as CHA",
+                    a.code
+                ),
+            });
         }
     }
     p
