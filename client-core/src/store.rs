@@ -17,6 +17,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::coalition::{Coalition, Identity};
 use crate::error::EditError;
+use crate::model::DocKind;
 use crate::sync::DocumentId;
 
 /// Numbered schema migrations; the index + 1 is the schema version.
@@ -93,9 +94,38 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// A document to save, with where it belongs.
+pub struct DocRecord<'a> {
+    /// Its id.
+    pub id: DocumentId,
+    /// Its coalition (manifest id).
+    pub coalition: &'a str,
+    /// Its kind.
+    pub kind: DocKind,
+    /// Its owner organisation.
+    pub owner: Option<&'a str>,
+    /// The document.
+    pub doc: &'a mut AutoCommit,
+}
+
+/// A document loaded alone.
+pub struct StoredDoc {
+    /// Its id.
+    pub id: DocumentId,
+    /// Its coalition (manifest id).
+    pub coalition: String,
+    /// Its kind.
+    pub kind: DocKind,
+    /// Its owner organisation.
+    pub owner: Option<String>,
+    /// The document.
+    pub doc: AutoCommit,
+}
+
 /// One document's bytes waiting to be written.
 struct Pending {
     id: DocumentId,
+    coalition: String,
     kind: &'static str,
     owner: Option<String>,
     data: Vec<u8>,
@@ -303,26 +333,119 @@ impl Store {
         docs: &[DocumentId],
     ) -> Result<(), StoreError> {
         let coalition_id = coalition.id().to_string();
-        let mut pending: Vec<Pending> = Vec::new();
-        for d in coalition.docs_mut().filter(|d| docs.contains(&d.id)) {
+        let records = coalition
+            .docs_mut()
+            .filter(|d| docs.contains(&d.id))
+            .map(|d| DocRecord {
+                id: d.id,
+                coalition: &coalition_id,
+                kind: d.kind,
+                owner: d.owner.as_deref(),
+                doc: &mut d.doc,
+            })
+            .collect();
+        self.save_docs(records)
+    }
+
+    /// Persist documents (of any coalitions) in one transaction: for each, the changes after
+    /// the heads this store last loaded or saved, or the whole document if it has not seen it.
+    /// Returns once the transaction is durable; on error nothing is written and the next save
+    /// writes the same changes again.
+    pub fn save_docs(&mut self, records: Vec<DocRecord<'_>>) -> Result<(), StoreError> {
+        let mut pending: Vec<Pending> = Vec::with_capacity(records.len());
+        for r in records {
             // A document this store has not seen is written whole; the chunks already in the
             // database for it (if any) stay, and loading merges both.
-            let data = match self.saved_heads.get(&d.id) {
-                Some(heads) => d.doc.save_after(heads),
-                None => d.doc.save(),
+            let data = match self.saved_heads.get(&r.id) {
+                Some(heads) => r.doc.save_after(heads),
+                None => r.doc.save(),
             };
             pending.push(Pending {
-                id: d.id,
-                kind: d.kind.as_str(),
-                owner: d.owner.clone(),
+                id: r.id,
+                coalition: r.coalition.to_string(),
+                kind: r.kind.as_str(),
+                owner: r.owner.map(str::to_string),
                 data,
-                heads: d.doc.get_heads(),
+                heads: r.doc.get_heads(),
             });
         }
-        self.write_chunks(&coalition_id, &pending)?;
+        self.write_chunks(&pending)?;
         for p in pending {
             self.saved_heads.insert(p.id, p.heads);
         }
+        Ok(())
+    }
+
+    /// Load one document, with what the store knows of it.
+    pub fn load_doc(&mut self, id: &DocumentId) -> Result<Option<StoredDoc>, StoreError> {
+        let row: Option<(String, String, Option<String>)> = self
+            .conn
+            .query_row(
+                "SELECT coalition_id, kind, owner FROM documents WHERE doc_id = ?1",
+                [id.to_string()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let Some((coalition, kind, owner)) = row else {
+            return Ok(None);
+        };
+        let mut data = Vec::new();
+        {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT data FROM chunks WHERE doc_id = ?1 ORDER BY id")
+                .map_err(|e| self.err(e))?;
+            let mut rows = stmt.query([id.to_string()]).map_err(|e| self.err(e))?;
+            while let Some(row) = rows.next().map_err(|e| self.err(e))? {
+                data.extend_from_slice(
+                    row.get_ref(0)
+                        .map_err(|e| self.err(e))?
+                        .as_blob()
+                        .map_err(|e| self.err(e.into()))?,
+                );
+            }
+        }
+        let mut doc = AutoCommit::load(&data).map_err(|source| StoreError::Corrupt {
+            doc: id.to_string(),
+            source,
+        })?;
+        self.saved_heads.insert(*id, doc.get_heads());
+        let kind = kind.parse().map_err(|_| StoreError::Corrupt {
+            doc: id.to_string(),
+            source: automerge::AutomergeError::InvalidObjId(kind.clone()),
+        })?;
+        Ok(Some(StoredDoc {
+            id: *id,
+            coalition,
+            kind,
+            owner,
+            doc,
+        }))
+    }
+
+    /// Forget what this store saved of a document it no longer holds in memory (the next save
+    /// of it, if any, writes it whole).
+    pub fn forget(&mut self, id: &DocumentId) {
+        self.saved_heads.remove(id);
+    }
+
+    /// A value of the device's settings (server URL, credential...).
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Set a value of the device's settings.
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [key, value],
+            )
+            .map_err(|e| self.err(e))?;
         Ok(())
     }
 
@@ -332,7 +455,7 @@ impl Store {
         self.save(coalition, &ids)
     }
 
-    fn write_chunks(&mut self, coalition_id: &str, pending: &[Pending]) -> Result<(), StoreError> {
+    fn write_chunks(&mut self, pending: &[Pending]) -> Result<(), StoreError> {
         let now = chrono::Utc::now().timestamp();
         let path = self.path.clone();
         let sql = |source| StoreError::Sqlite {
@@ -348,7 +471,7 @@ impl Store {
             tx.execute(
                 "INSERT INTO documents (doc_id, coalition_id, kind, owner, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (doc_id) DO UPDATE SET updated_at = excluded.updated_at",
-                params![id, coalition_id, p.kind, p.owner, now],
+                params![id, p.coalition, p.kind, p.owner, now],
             )
             .map_err(sql)?;
             if !p.data.is_empty() {
