@@ -974,3 +974,214 @@ fn extension_flags(s: &State, flags: &mut Vec<Flag>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coalition::Edit;
+    use crate::fixture::{entry, fixture, Fixture, T0};
+
+    fn approve(f: &mut Fixture, id: &str) {
+        let nmac = f.nmac.clone();
+        let a = Approval { entry_id: id.into(), decision: Decision::Approved, decided_on: "2021-12-01".into(), note: None };
+        f.c.apply(&nmac, Edit::Approve(a), T0).expect("approve");
+    }
+
+    /// A small coalition whose every figure is computed by hand in the assertions below.
+    fn small() -> Fixture {
+        let mut f = fixture();
+        let (op, nmac, donor, coord) = (f.operator.clone(), f.nmac.clone(), f.donor.clone(), f.coordinator.clone());
+        let (sha, cha) = (f.sha.clone(), f.cha.clone());
+        // SHA 10,000 m²: 4,000 reduced in March 2021.
+        f.c.apply(&op, Edit::RecordRelease(entry("e1", &sha, "NPA", Method::Ts, 4_000, "2021-03-01")), T0).expect("e1");
+        // CHA 20,000 m²: 5,000 cleared in June 2021 with 3 submunitions, then amended to 4,500.
+        let mut e2 = entry("e2", &cha, "NPA", Method::Clearance, 5_000, "2021-06-01");
+        e2.items.insert("submunitions".into(), 3);
+        f.c.apply(&op, Edit::RecordRelease(e2.clone()), T0).expect("e2");
+        let mut e3 = e2.clone();
+        e3.id = "e3".into();
+        e3.cleared_m2 = 4_500;
+        e3.amends = Some("e2".into());
+        e3.date_of_information = "2021-06-15".into();
+        f.c.apply(&op, Edit::RecordRelease(e3), T0).expect("e3");
+        // A 2020 entry of 1,000 m², then voided.
+        f.c.apply(&op, Edit::RecordRelease(entry("e4", &cha, "NPA", Method::Clearance, 1_000, "2020-10-01")), T0).expect("e4");
+        let mut e5 = entry("e5", &cha, "NPA", Method::Clearance, 0, "2020-10-02");
+        e5.voids = Some("e4".into());
+        f.c.apply(&op, Edit::RecordRelease(e5), T0).expect("e5");
+        // Pending: 700 m², never counted.
+        f.c.apply(&op, Edit::RecordRelease(entry("e6", &cha, "NPA", Method::Clearance, 700, "2021-12-10")), T0).expect("e6");
+        for id in ["e1", "e2", "e3", "e4", "e5"] {
+            approve(&mut f, id);
+        }
+        // Deadline and money.
+        let o = Obligation { pillar: Pillar::Clearance, legal_deadline: Some("2021-03-01".into()), current_deadline: Some("2023-03-01".into()), completed_on: None };
+        f.c.apply(&nmac, Edit::PutObligation(o), T0).expect("obligation");
+        let need = Need { id: "n1".into(), pillar: Pillar::Clearance, title: "Clearance".into(), kind: NeedKind::Financial, start_year: 2021, end_year: 2021, amount: 100_000, currency: "USD".into(), priority: 1 };
+        f.c.apply(&nmac, Edit::PutNeed(need), T0).expect("need");
+        let rate = ExchangeRate { currency: "EUR".into(), date: "2021-01-01".into(), usd_per_unit: 1.2, source: "test".into() };
+        f.c.apply(&coord, Edit::AddExchangeRate(rate), T0).expect("rate");
+        let pledge = |id: &str, amount: i64, currency: &str, status: PledgeStatus| Pledge {
+            id: id.into(),
+            donor: "donor-DE".into(),
+            need_id: Some("n1".into()),
+            pillar: Pillar::Clearance,
+            amount,
+            currency: currency.into(),
+            start_year: 2021,
+            end_year: 2021,
+            channel: "bilateral".into(),
+            status,
+            committed_on: None,
+        };
+        f.c.apply(&donor, Edit::PutPledge(pledge("p1", 50_000, "EUR", PledgeStatus::Committed)), T0).expect("p1");
+        let d = Disbursement { id: "d1".into(), pledge_id: "p1".into(), amount: 20_000, currency: "EUR".into(), date: "2021-09-01".into() };
+        f.c.apply(&donor, Edit::AddDisbursement(d), T0).expect("d1");
+        // CHF has no exchange rate.
+        f.c.apply(&donor, Edit::PutPledge(pledge("p2", 10_000, "CHF", PledgeStatus::Announced)), T0).expect("p2");
+        // Stockpile: 100 declared, 10 retained, 95 destroyed: over by 5.
+        let line = StockpileLine { id: "s1".into(), munition_type: "KB-1".into(), declared: 100, declared_submunitions: 1_000, retained: 10, transferred: 0 };
+        f.c.apply(&nmac, Edit::PutStockpileLine(line), T0).expect("line");
+        let ev = DestructionEvent { id: "x1".into(), line_id: "s1".into(), date: "2012-01-01".into(), quantity: 95, submunitions: 900 };
+        f.c.apply(&nmac, Edit::AddDestruction(ev), T0).expect("destroy");
+        // An extension of six years where the treaty allows five.
+        let ext = ExtensionRequest {
+            id: "x2".into(),
+            pillar: Pillar::Clearance,
+            requested_deadline: "2029-03-02".into(),
+            previous_deadline: "2023-03-01".into(),
+            submitted_on: "2022-01-10".into(),
+            status: ExtensionStatus::Submitted,
+            budget: None,
+            budget_currency: None,
+        };
+        f.c.apply(&nmac, Edit::AddExtensionRequest(ext), T0).expect("extension");
+        f
+    }
+
+    fn as_of() -> NaiveDate {
+        NaiveDate::from_ymd_opt(2021, 12, 31).expect("date")
+    }
+
+    #[test]
+    fn clearance_figures_fold_approved_entries_with_corrections() {
+        let f = small();
+        let r = Report::build(&f.c, as_of()).expect("report");
+        let c = &r.clearance;
+        assert_eq!(c.released_m2, 8_500, "4,000 reduced + 4,500 cleared (amended), the voided 1,000 gone");
+        assert_eq!(c.remaining_sha_m2, 6_000);
+        assert_eq!(c.remaining_cha_m2, 15_500);
+        assert_eq!(c.pending_entries, 1);
+        assert_eq!(c.pending_m2, 700);
+        assert_eq!(c.by_year, vec![ReleaseYear { year: 2021, cancelled_m2: 0, reduced_m2: 4_000, cleared_m2: 4_500, items: 3 }]);
+        assert_eq!(c.items_by_type.get("submunitions"), Some(&3));
+        assert_eq!(c.open_areas, 2);
+    }
+
+    #[test]
+    fn deadline_risk_projects_the_last_twelve_months() {
+        let f = small();
+        let r = Report::build(&f.c, as_of()).expect("report");
+        let d = &r.deadline_risk;
+        assert_eq!(d.remaining_m2, 21_500);
+        assert_eq!(d.released_last_12_months_m2, 8_500);
+        // 21,500 / 8,500 × 12 = 30.35 months after 2021-12-31 is mid-2024, after 2023-03-01.
+        assert_eq!(d.months_to_complete, Some(30.4));
+        assert_eq!(d.projected_completion.as_deref(), Some("2024-07-12"));
+        assert_eq!(d.level, RiskLevel::AtRisk);
+        let later = Report::build(&f.c, NaiveDate::from_ymd_opt(2023, 6, 1).expect("date")).expect("report");
+        assert_eq!(later.deadline_risk.level, RiskLevel::Overdue);
+    }
+
+    #[test]
+    fn funding_gap_converts_at_dated_rates_and_keeps_original_currencies() {
+        let f = small();
+        let r = Report::build(&f.c, as_of()).expect("report");
+        let row = r.funding.iter().find(|x| x.pillar == Some(Pillar::Clearance) && x.year == 2021).expect("2021 row");
+        assert_eq!(row.needs_usd, 100_000.0);
+        // EUR 50,000 committed, EUR 20,000 paid, at 1.2: 36,000 still committed, 24,000 paid.
+        assert_eq!(row.committed_usd, 36_000.0);
+        assert_eq!(row.disbursed_usd, 24_000.0);
+        assert_eq!(row.gap_usd, 40_000.0);
+        // CHF 10,000 announced but without a rate: kept in the original amounts, out of USD.
+        assert_eq!(row.announced_usd, 0.0);
+        assert_eq!(row.original["CHF"].announced, 10_000.0);
+        assert_eq!(row.original["EUR"].committed, 30_000.0);
+        assert_eq!(row.original["EUR"].disbursed, 20_000.0);
+        assert_eq!(row.original["USD"].needs, 100_000.0);
+        let cell = r.donor_matrix.iter().find(|c| c.donor == "donor-DE" && c.year == 2021).expect("cell");
+        assert_eq!(cell.pledged_usd, 60_000.0);
+        assert_eq!(cell.disbursed_usd, 24_000.0);
+        assert_eq!(cell.original["EUR"], 50_000.0);
+        assert_eq!(cell.original["CHF"], 10_000.0);
+    }
+
+    #[test]
+    fn soft_rules_become_flags() {
+        let f = small();
+        let r = Report::build(&f.c, as_of()).expect("report");
+        let rules: Vec<&str> = r.flags.iter().map(|x| x.rule).collect();
+        assert!(rules.contains(&"missing_exchange_rate"), "{rules:?}");
+        assert!(rules.contains(&"stockpile_over_declared"), "{rules:?}");
+        assert!(rules.contains(&"extension_too_long"), "{rules:?}");
+        assert!(!rules.contains(&"released_over_baseline"), "{rules:?}");
+        assert!(!rules.contains(&"unapproved_too_long"), "e6 is 21 days old on 2021-12-31: {rules:?}");
+        let later = Report::build(&f.c, NaiveDate::from_ymd_opt(2022, 1, 15).expect("date")).expect("report");
+        assert!(later.flags.iter().any(|x| x.rule == "unapproved_too_long" && x.id == "e6"));
+        assert_eq!(r.stockpile.remaining, 0);
+        assert_eq!(r.stockpile.destroyed, 95);
+    }
+
+    #[test]
+    fn released_beyond_baseline_and_items_in_sha_are_flagged() {
+        let mut f = small();
+        let op = f.operator.clone();
+        let sha = f.sha.clone();
+        let mut e = entry("e9", &sha, "NPA", Method::Ts, 7_000, "2021-07-01");
+        e.items.insert("submunitions".into(), 2);
+        f.c.apply(&op, Edit::RecordRelease(e), T0).expect("e9");
+        approve(&mut f, "e9");
+        let r = Report::build(&f.c, as_of()).expect("report");
+        assert!(r.flags.iter().any(|x| x.rule == "released_over_baseline" && x.id == "area-sha"));
+        assert!(r.flags.iter().any(|x| x.rule == "items_in_sha" && x.id == "area-sha"));
+        assert_eq!(r.clearance.remaining_sha_m2, 0);
+    }
+
+    #[test]
+    fn concurrent_cancel_and_commit_counts_as_committed_and_is_flagged() {
+        let mut f = small();
+        let donor = f.donor.clone();
+        let mut laptop = f.c.clone();
+        let mut phone_id = donor.clone();
+        phone_id.actor = "ee".repeat(16);
+        phone_id.device = "phone".into();
+        laptop.set_actor(&donor);
+        let mut p: Pledge = f.c.find_entity(DocKind::Partner, keys::PLEDGES, "p2").expect("read").expect("p2");
+        p.status = PledgeStatus::Committed;
+        f.c.apply(&donor, Edit::PutPledge(p.clone()), T0 + 10).expect("commit");
+        p.status = PledgeStatus::Cancelled;
+        laptop.apply(&phone_id, Edit::PutPledge(p), T0 + 20).expect("cancel");
+        f.c.merge(&mut laptop).expect("merge");
+        let state = State::of(&f.c).expect("state");
+        assert_eq!(state.pledges["p2"].status, PledgeStatus::Committed);
+        let r = Report::from_state(String::new(), &state, as_of());
+        assert!(r.flags.iter().any(|x| x.rule == "cancel_conflicts_with_commitment" && x.id == "p2"));
+        let listed = conflicts(&mut f.c).expect("conflicts");
+        assert!(listed.iter().any(|c| c.id == "p2" && c.field == "status" && c.values.len() == 2));
+    }
+
+    #[test]
+    fn article7_forms_are_drafted_from_the_report() {
+        let f = small();
+        let state = State::of(&f.c).expect("state");
+        let r = Report::from_state(String::new(), &state, as_of());
+        let forms = Article7::draft(&state, &r, as_of());
+        assert_eq!(forms.form_f.remaining_sha_m2 + forms.form_f.remaining_cha_m2, 21_500);
+        assert_eq!(forms.form_f.areas.len(), 2);
+        assert_eq!(forms.form_i.lines.len(), 2);
+        let md = forms.to_markdown();
+        assert!(md.contains("## Form F"), "{md}");
+        assert!(md.contains("| HA-2 | HA-2 field | Tuzla | CHA | 20000 | 15500 | active |"), "{md}");
+        assert!(md.contains("| 2021 | 0 | 4000 | 4500 | 3 |"), "{md}");
+    }
+}
