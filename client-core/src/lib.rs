@@ -11,6 +11,8 @@ pub mod coalition;
 pub mod demo;
 pub mod error;
 pub mod export;
+#[cfg(test)]
+mod fixture;
 pub mod geo;
 pub mod ids;
 pub mod model;
