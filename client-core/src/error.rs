@@ -75,6 +75,15 @@ pub enum EditError {
     /// A document holds data that does not fit the model.
     #[error("document data does not fit the model")]
     Hydrate(#[from] autosurgeon::HydrateError),
+    /// A document holds data at `at` that does not fit the model.
+    #[error("document data at {at} does not fit the model")]
+    Decode {
+        /// Where: `collection/id`.
+        at: String,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
     /// Writing an entity into a document failed.
     #[error("writing to the document failed")]
     Reconcile(#[from] autosurgeon::ReconcileError),

@@ -8,7 +8,12 @@ use crate::model::*;
 pub(crate) const T0: i64 = 1_609_459_200; // 2021-01-01
 
 pub(crate) fn who(user: &str, org: &str, n: u8) -> Identity {
-    Identity { user: user.into(), org: org.into(), device: format!("{user}-device"), actor: format!("{n:02x}").repeat(16) }
+    Identity {
+        user: user.into(),
+        org: org.into(),
+        device: format!("{user}-device"),
+        actor: format!("{n:02x}").repeat(16),
+    }
 }
 
 pub(crate) struct Fixture {
@@ -22,7 +27,6 @@ pub(crate) struct Fixture {
     pub observer: Identity,
     pub sha: String,
     pub cha: String,
-    pub task: String,
 }
 
 pub(crate) fn square() -> String {
@@ -32,7 +36,13 @@ pub(crate) fn square() -> String {
 fn member(org: &str, kind: OrgKind) -> Member {
     let mut roles = BTreeMap::new();
     roles.insert(kind.default_role().as_str().to_string(), true);
-    Member { org: org.into(), name: format!("{org} name"), kind, roles, country: None }
+    Member {
+        org: org.into(),
+        name: format!("{org} name"),
+        kind,
+        roles,
+        country: None,
+    }
 }
 
 pub(crate) fn area(id: &str, code: &str, class: HazardClass, baseline: i64) -> HazardArea {
@@ -50,7 +60,14 @@ pub(crate) fn area(id: &str, code: &str, class: HazardClass, baseline: i64) -> H
     }
 }
 
-pub(crate) fn entry(id: &str, area: &str, operator: &str, method: Method, m2: i64, date: &str) -> LandReleaseEntry {
+pub(crate) fn entry(
+    id: &str,
+    area: &str,
+    operator: &str,
+    method: Method,
+    m2: i64,
+    date: &str,
+) -> LandReleaseEntry {
     let (cancelled_m2, reduced_m2, cleared_m2) = match method {
         Method::Nts => (m2, 0, 0),
         Method::Ts => (0, m2, 0),
@@ -85,7 +102,12 @@ pub(crate) fn fixture() -> Fixture {
     let observer = who("obi", "CMC", 7);
     let mut c = Coalition::create(
         &coordinator,
-        CoalitionInfo { name: "Test coalition".into(), affected_state: "BA".into(), treaty_status: TreatyStatus::StateParty, entry_into_force: Some("2011-03-01".into()) },
+        CoalitionInfo {
+            name: "Test coalition".into(),
+            affected_state: "BA".into(),
+            treaty_status: TreatyStatus::StateParty,
+            entry_into_force: Some("2011-03-01".into()),
+        },
         member("MCA", OrgKind::Coordinator),
         T0,
     )
@@ -98,10 +120,21 @@ pub(crate) fn fixture() -> Fixture {
         ("HALO", OrgKind::Operator),
         ("CMC", OrgKind::Observer),
     ] {
-        c.apply(&coordinator, Edit::PutMember(member(org, kind)), T0).expect("member");
+        c.apply(&coordinator, Edit::PutMember(member(org, kind)), T0)
+            .expect("member");
     }
-    c.apply(&nmac, Edit::PutHazardArea(area("area-sha", "HA-1", HazardClass::Sha, 10_000)), T0).expect("sha");
-    c.apply(&nmac, Edit::PutHazardArea(area("area-cha", "HA-2", HazardClass::Cha, 20_000)), T0).expect("cha");
+    c.apply(
+        &nmac,
+        Edit::PutHazardArea(area("area-sha", "HA-1", HazardClass::Sha, 10_000)),
+        T0,
+    )
+    .expect("sha");
+    c.apply(
+        &nmac,
+        Edit::PutHazardArea(area("area-cha", "HA-2", HazardClass::Cha, 20_000)),
+        T0,
+    )
+    .expect("cha");
     let task = Task {
         id: "task-1".into(),
         code: "T-1".into(),
@@ -123,6 +156,5 @@ pub(crate) fn fixture() -> Fixture {
         observer,
         sha: "area-sha".into(),
         cha: "area-cha".into(),
-        task: "task-1".into(),
     }
 }

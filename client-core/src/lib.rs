@@ -3,8 +3,9 @@
 //! A country coalition under the Convention on Cluster Munitions is kept as a set of Automerge
 //! documents split along ownership lines (manifest, plan, one per partner organisation, one per
 //! operator, comments). This crate holds the model on those documents, the hard validation
-//! rules, the consolidated views and reports, the local SQLite store, the sans-IO sync engine
-//! and the `coalition` command-line client.
+//! rules, the consolidated views and reports, the local SQLite store, the sans-IO sync engine,
+//! the device's transport to the relay (enrollment, WebSocket sync) and the `coalition`
+//! command-line client.
 
 pub mod access;
 pub mod coalition;
@@ -20,6 +21,7 @@ pub mod refdata;
 pub mod report;
 pub mod store;
 pub mod sync;
+pub mod transport;
 pub mod validate;
 
 pub use coalition::{Coalition, Committed, Edit, Identity};

@@ -795,6 +795,24 @@ pub mod keys {
     pub const COMMENTS: &str = "comments";
 }
 
+/// Whether a collection holds records: entities that are written once (or replaced whole,
+/// last writer wins) and never edited field by field. Each is kept as one immutable JSON
+/// string: per-field registers would only invite the field edits records must not have, and
+/// a plan with thousands of entries loads and reads several times faster.
+pub fn is_record(collection: &str) -> bool {
+    use keys::*;
+    matches!(
+        collection,
+        RELEASES
+            | APPROVALS
+            | DISBURSEMENTS
+            | DESTRUCTIONS
+            | REBASELINES
+            | COMMENTS
+            | EXCHANGE_RATES
+    )
+}
+
 /// The collections each document kind holds.
 pub fn collections(kind: DocKind) -> &'static [&'static str] {
     use keys::*;

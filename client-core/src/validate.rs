@@ -609,9 +609,15 @@ mod tests {
 
     fn refused(f: &mut Fixture, who: &Identity, edit: Edit) -> String {
         let before = crate::report::State::of(&f.c).expect("state");
-        let err = f.c.apply(who, edit, T0).expect_err("the edit must be refused");
+        let err =
+            f.c.apply(who, edit, T0)
+                .expect_err("the edit must be refused");
         let after = crate::report::State::of(&f.c).expect("state");
-        assert_eq!(serde_json::to_value(&before).ok(), serde_json::to_value(&after).ok(), "a refused edit wrote something");
+        assert_eq!(
+            serde_json::to_value(&before).ok(),
+            serde_json::to_value(&after).ok(),
+            "a refused edit wrote something"
+        );
         err.to_string()
     }
 
@@ -637,16 +643,36 @@ mod tests {
         let nmac = f.nmac.clone();
         let op = f.operator.clone();
         assert_eq!(
-            refused(&mut f, &nmac, Edit::PutHazardArea(area("a3", "HA-3", HazardClass::Sha, -5))),
+            refused(
+                &mut f,
+                &nmac,
+                Edit::PutHazardArea(area("a3", "HA-3", HazardClass::Sha, -5))
+            ),
             "hazard_areas/a3/baseline_m2: must be zero or more, got -5"
         );
         let mut e = entry("e1", &f.cha, "NPA", Method::Clearance, 100, "2021-05-01");
         e.items.insert("submunitions".into(), -1);
-        assert_eq!(refused(&mut f, &op, Edit::RecordRelease(e)), "releases/e1/items.submunitions: must be zero or more, got -1");
+        assert_eq!(
+            refused(&mut f, &op, Edit::RecordRelease(e)),
+            "releases/e1/items.submunitions: must be zero or more, got -1"
+        );
         let e = entry("e2", &f.cha, "NPA", Method::Clearance, -100, "2021-05-01");
-        assert_eq!(refused(&mut f, &op, Edit::RecordRelease(e)), "releases/e2/cleared_m2: must be zero or more, got -100");
-        let line = StockpileLine { id: "s1".into(), munition_type: "KB-1".into(), declared: 10, declared_submunitions: 0, retained: -1, transferred: 0 };
-        assert_eq!(refused(&mut f, &nmac, Edit::PutStockpileLine(line)), "stockpile/s1/retained: must be zero or more, got -1");
+        assert_eq!(
+            refused(&mut f, &op, Edit::RecordRelease(e)),
+            "releases/e2/cleared_m2: must be zero or more, got -100"
+        );
+        let line = StockpileLine {
+            id: "s1".into(),
+            munition_type: "KB-1".into(),
+            declared: 10,
+            declared_submunitions: 0,
+            retained: -1,
+            transferred: 0,
+        };
+        assert_eq!(
+            refused(&mut f, &nmac, Edit::PutStockpileLine(line)),
+            "stockpile/s1/retained: must be zero or more, got -1"
+        );
     }
 
     #[test]
@@ -661,10 +687,21 @@ mod tests {
         );
         let mut e = entry("e2", &f.cha, "NPA", Method::Eod, 0, "2021-05-01");
         e.reduced_m2 = 10;
-        assert_eq!(refused(&mut f, &op, Edit::RecordRelease(e)), "releases/e2/reduced_m2: method eod releases no area; 10 m² recorded as reduced_m2");
+        assert_eq!(
+            refused(&mut f, &op, Edit::RecordRelease(e)),
+            "releases/e2/reduced_m2: method eod releases no area; 10 m² recorded as reduced_m2"
+        );
         for method in [Method::Nts, Method::Ts, Method::Clearance] {
-            let e = entry(&format!("ok-{method}"), &f.cha, "NPA", method, 100, "2021-05-01");
-            f.c.apply(&op, Edit::RecordRelease(e), T0).expect("matching category is accepted");
+            let e = entry(
+                &format!("ok-{method}"),
+                &f.cha,
+                "NPA",
+                method,
+                100,
+                "2021-05-01",
+            );
+            f.c.apply(&op, Edit::RecordRelease(e), T0)
+                .expect("matching category is accepted");
         }
     }
 
@@ -673,7 +710,11 @@ mod tests {
         let mut f = fixture();
         let donor = f.donor.clone();
         assert_eq!(
-            refused(&mut f, &donor, Edit::PutPledge(pledge("p1", "donor-DE", "EUX", PledgeStatus::Announced))),
+            refused(
+                &mut f,
+                &donor,
+                Edit::PutPledge(pledge("p1", "donor-DE", "EUX", PledgeStatus::Announced))
+            ),
             "pledges/p1/currency: `EUX` is not an ISO 4217 currency code"
         );
         let mut hrk = pledge("p2", "donor-DE", "HRK", PledgeStatus::Announced);
@@ -685,17 +726,27 @@ mod tests {
         );
         hrk.start_year = 2020;
         hrk.end_year = 2020;
-        f.c.apply(&donor, Edit::PutPledge(hrk), T0).expect("HRK before 2023 is accepted");
+        f.c.apply(&donor, Edit::PutPledge(hrk), T0)
+            .expect("HRK before 2023 is accepted");
     }
 
     #[test]
     fn country_codes_are_iso_3166_or_kosovo() {
         let mut f = fixture();
         let coord = f.coordinator.clone();
-        let info = |state: &str| CoalitionInfo { name: "x".into(), affected_state: state.into(), treaty_status: TreatyStatus::StateParty, entry_into_force: None };
+        let info = |state: &str| CoalitionInfo {
+            name: "x".into(),
+            affected_state: state.into(),
+            treaty_status: TreatyStatus::StateParty,
+            entry_into_force: None,
+        };
         let err = refused(&mut f, &coord, Edit::SetCoalition(info("QQ")));
-        assert!(err.starts_with("coalition/coalition/affected_state: "), "{err}");
-        f.c.apply(&coord, Edit::SetCoalition(info("XK")), T0).expect("XK is accepted");
+        assert!(
+            err.starts_with("coalition/coalition/affected_state: "),
+            "{err}"
+        );
+        f.c.apply(&coord, Edit::SetCoalition(info("XK")), T0)
+            .expect("XK is accepted");
     }
 
     #[test]
@@ -703,7 +754,8 @@ mod tests {
         let mut f = fixture();
         let nmac = f.nmac.clone();
         let mut a = area("a9", "HA-9", HazardClass::Cha, 100);
-        a.geometry = r#"{"type":"Polygon","coordinates":[[[18.4,43.8],[18.5,43.8],[18.5,43.9]]]}"#.into();
+        a.geometry =
+            r#"{"type":"Polygon","coordinates":[[[18.4,43.8],[18.5,43.8],[18.5,43.9]]]}"#.into();
         let err = refused(&mut f, &nmac, Edit::PutHazardArea(a));
         assert!(err.starts_with("hazard_areas/a9/geometry: "), "{err}");
         assert!(err.contains("ring"), "{err}");
@@ -712,36 +764,103 @@ mod tests {
     #[test]
     fn edits_stay_inside_role_and_organisation() {
         let mut f = fixture();
-        let (donor, other, op, other_op, observer, nmac) =
-            (f.donor.clone(), f.other_donor.clone(), f.operator.clone(), f.other_operator.clone(), f.observer.clone(), f.nmac.clone());
+        let (donor, other, op, other_op, observer, nmac) = (
+            f.donor.clone(),
+            f.other_donor.clone(),
+            f.operator.clone(),
+            f.other_operator.clone(),
+            f.observer.clone(),
+            f.nmac.clone(),
+        );
         // A donor cannot pledge in another donor's name (that document is the other donor's).
         assert_eq!(
-            refused(&mut f, &donor, Edit::PutPledge(pledge("p1", "donor-NO", "NOK", PledgeStatus::Announced))),
+            refused(
+                &mut f,
+                &donor,
+                Edit::PutPledge(pledge("p1", "donor-NO", "NOK", PledgeStatus::Announced))
+            ),
             "donor-DE (donor) may not write pledges in the partner document of donor-NO"
         );
-        f.c.apply(&other, Edit::PutPledge(pledge("p-no", "donor-NO", "NOK", PledgeStatus::Announced)), T0).expect("own pledge");
+        f.c.apply(
+            &other,
+            Edit::PutPledge(pledge("p-no", "donor-NO", "NOK", PledgeStatus::Announced)),
+            T0,
+        )
+        .expect("own pledge");
         // An operator cannot approve, not even its own entry.
-        f.c.apply(&op, Edit::RecordRelease(entry("e1", &f.cha.clone(), "NPA", Method::Clearance, 100, "2021-05-01")), T0).expect("entry");
-        let approval = Approval { entry_id: "e1".into(), decision: Decision::Approved, decided_on: "2021-05-02".into(), note: None };
-        assert_eq!(refused(&mut f, &op, Edit::Approve(approval.clone())), "NPA (operator) may not write approvals in the plan document");
-        f.c.apply(&nmac, Edit::Approve(approval), T0).expect("NMAC approves");
+        f.c.apply(
+            &op,
+            Edit::RecordRelease(entry(
+                "e1",
+                &f.cha.clone(),
+                "NPA",
+                Method::Clearance,
+                100,
+                "2021-05-01",
+            )),
+            T0,
+        )
+        .expect("entry");
+        let approval = Approval {
+            entry_id: "e1".into(),
+            decision: Decision::Approved,
+            decided_on: "2021-05-02".into(),
+            note: None,
+        };
+        assert_eq!(
+            refused(&mut f, &op, Edit::Approve(approval.clone())),
+            "NPA (operator) may not write approvals in the plan document"
+        );
+        f.c.apply(&nmac, Edit::Approve(approval), T0)
+            .expect("NMAC approves");
         // An operator cannot record entries for another operator.
-        let theirs = entry("e2", &f.cha.clone(), "NPA", Method::Clearance, 100, "2021-05-01");
+        let theirs = entry(
+            "e2",
+            &f.cha.clone(),
+            "NPA",
+            Method::Clearance,
+            100,
+            "2021-05-01",
+        );
         assert_eq!(
             refused(&mut f, &other_op, Edit::RecordRelease(theirs)),
             "HALO (operator) may not write releases in the operator document of NPA"
         );
         // An observer only comments.
         assert_eq!(
-            refused(&mut f, &observer, Edit::PutHazardArea(area("a5", "HA-5", HazardClass::Sha, 1))),
+            refused(
+                &mut f,
+                &observer,
+                Edit::PutHazardArea(area("a5", "HA-5", HazardClass::Sha, 1))
+            ),
             "CMC (observer) may not write hazard_areas in the plan document"
         );
-        let comment = Comment { id: "c1".into(), kind: CommentKind::Comment, about: None, text: "ok".into(), org: "CMC".into(), user: "obi".into(), at: T0 };
-        f.c.apply(&observer, Edit::AddComment(comment), T0).expect("observer comments");
+        let comment = Comment {
+            id: "c1".into(),
+            kind: CommentKind::Comment,
+            about: None,
+            text: "ok".into(),
+            org: "CMC".into(),
+            user: "obi".into(),
+            at: T0,
+        };
+        f.c.apply(&observer, Edit::AddComment(comment), T0)
+            .expect("observer comments");
         // Someone not in the coalition writes nothing.
         let stranger = crate::fixture::who("sam", "NOBODY", 9);
-        let comment = Comment { id: "c2".into(), kind: CommentKind::Comment, about: None, text: "hi".into(), org: "NOBODY".into(), user: "sam".into(), at: T0 };
-        assert_eq!(refused(&mut f, &stranger, Edit::AddComment(comment)), "NOBODY (not a member) may not write comments in the comments document");
+        let comment = Comment {
+            id: "c2".into(),
+            kind: CommentKind::Comment,
+            about: None,
+            text: "hi".into(),
+            org: "NOBODY".into(),
+            user: "sam".into(),
+            at: T0,
+        };
+        assert_eq!(
+            refused(&mut f, &stranger, Edit::AddComment(comment)),
+            "NOBODY (not a member) may not write comments in the comments document"
+        );
     }
 
     #[test]
@@ -749,31 +868,64 @@ mod tests {
         let mut f = fixture();
         let (op, other_op) = (f.operator.clone(), f.other_operator.clone());
         let e = entry("e1", &f.cha, "NPA", Method::Clearance, 100, "2021-05-01");
-        f.c.apply(&op, Edit::RecordRelease(e.clone()), T0).expect("entry");
-        assert_eq!(refused(&mut f, &op, Edit::RecordRelease(e)), "releases/e1 already exists and cannot be changed; record a correction instead");
+        f.c.apply(&op, Edit::RecordRelease(e.clone()), T0)
+            .expect("entry");
+        assert_eq!(
+            refused(&mut f, &op, Edit::RecordRelease(e)),
+            "releases/e1 already exists and cannot be changed; record a correction instead"
+        );
         let mut fix = entry("e2", &f.cha, "HALO", Method::Clearance, 90, "2021-05-01");
         fix.amends = Some("e1".into());
-        assert_eq!(refused(&mut f, &other_op, Edit::RecordRelease(fix)), "releases/e2/amends: entry e1 is NPA's; only its operator corrects it");
+        assert_eq!(
+            refused(&mut f, &other_op, Edit::RecordRelease(fix)),
+            "releases/e2/amends: entry e1 is NPA's; only its operator corrects it"
+        );
         let mut missing = entry("e3", &f.cha, "NPA", Method::Clearance, 90, "2021-05-01");
         missing.voids = Some("nope".into());
-        assert_eq!(refused(&mut f, &op, Edit::RecordRelease(missing)), "land release entry `nope` not found");
-        let mut bad_area = entry("e4", "no-such-area", "NPA", Method::Clearance, 90, "2021-05-01");
+        assert_eq!(
+            refused(&mut f, &op, Edit::RecordRelease(missing)),
+            "land release entry `nope` not found"
+        );
+        let mut bad_area = entry(
+            "e4",
+            "no-such-area",
+            "NPA",
+            Method::Clearance,
+            90,
+            "2021-05-01",
+        );
         bad_area.date_of_information = "2021-05-01".into();
-        assert_eq!(refused(&mut f, &op, Edit::RecordRelease(bad_area)), "releases/e4/area_id: hazard area `no-such-area` does not exist");
+        assert_eq!(
+            refused(&mut f, &op, Edit::RecordRelease(bad_area)),
+            "releases/e4/area_id: hazard area `no-such-area` does not exist"
+        );
         let bad_date = entry("e5", &f.cha, "NPA", Method::Clearance, 90, "01/05/2021");
-        assert_eq!(refused(&mut f, &op, Edit::RecordRelease(bad_date)), "releases/e5/date_of_information: `01/05/2021` is not a date (YYYY-MM-DD)");
+        assert_eq!(
+            refused(&mut f, &op, Edit::RecordRelease(bad_date)),
+            "releases/e5/date_of_information: `01/05/2021` is not a date (YYYY-MM-DD)"
+        );
     }
 
     #[test]
     fn pledge_status_only_moves_forward() {
         let mut f = fixture();
         let donor = f.donor.clone();
-        f.c.apply(&donor, Edit::PutPledge(pledge("p1", "donor-DE", "EUR", PledgeStatus::Committed)), T0).expect("committed");
+        f.c.apply(
+            &donor,
+            Edit::PutPledge(pledge("p1", "donor-DE", "EUR", PledgeStatus::Committed)),
+            T0,
+        )
+        .expect("committed");
         assert_eq!(
             refused(&mut f, &donor, Edit::PutPledge(pledge("p1", "donor-DE", "EUR", PledgeStatus::Announced))),
             "pledges/p1/status: a pledge's status only moves forward: committed cannot become announced"
         );
-        f.c.apply(&donor, Edit::PutPledge(pledge("p1", "donor-DE", "EUR", PledgeStatus::Disbursed)), T0).expect("disbursed");
+        f.c.apply(
+            &donor,
+            Edit::PutPledge(pledge("p1", "donor-DE", "EUR", PledgeStatus::Disbursed)),
+            T0,
+        )
+        .expect("disbursed");
         assert_eq!(
             refused(&mut f, &donor, Edit::PutPledge(pledge("p1", "donor-DE", "EUR", PledgeStatus::Cancelled))),
             "pledges/p1/status: a pledge's status only moves forward: disbursed cannot become cancelled"
@@ -795,11 +947,31 @@ mod tests {
             currency: "USD".into(),
             priority: 1,
         };
-        assert_eq!(refused(&mut f, &nmac, Edit::PutNeed(need)), "needs/n1/end_year: 2021 is before the start year 2022");
-        let rate = ExchangeRate { currency: "EUR".into(), date: "2021-01-01".into(), usd_per_unit: 0.0, source: "ECB".into() };
-        assert_eq!(refused(&mut f, &coord, Edit::AddExchangeRate(rate)), "exchange_rates/EUR:2021-01-01/usd_per_unit: must be a positive number, got 0");
-        let d = Disbursement { id: "d1".into(), pledge_id: "nope".into(), amount: 1, currency: "EUR".into(), date: "2021-01-01".into() };
-        assert_eq!(refused(&mut f, &donor, Edit::AddDisbursement(d)), "pledge `nope` not found");
+        assert_eq!(
+            refused(&mut f, &nmac, Edit::PutNeed(need)),
+            "needs/n1/end_year: 2021 is before the start year 2022"
+        );
+        let rate = ExchangeRate {
+            currency: "EUR".into(),
+            date: "2021-01-01".into(),
+            usd_per_unit: 0.0,
+            source: "ECB".into(),
+        };
+        assert_eq!(
+            refused(&mut f, &coord, Edit::AddExchangeRate(rate)),
+            "exchange_rates/EUR:2021-01-01/usd_per_unit: must be a positive number, got 0"
+        );
+        let d = Disbursement {
+            id: "d1".into(),
+            pledge_id: "nope".into(),
+            amount: 1,
+            currency: "EUR".into(),
+            date: "2021-01-01".into(),
+        };
+        assert_eq!(
+            refused(&mut f, &donor, Edit::AddDisbursement(d)),
+            "pledge `nope` not found"
+        );
         let mut a = area("bad id/with slash", "HA-7", HazardClass::Cha, 1);
         a.geometry = crate::fixture::square();
         let err = refused(&mut f, &nmac, Edit::PutHazardArea(a));

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::coalition::{Coalition, CommitInfo};
 use crate::error::EditError;
-use crate::model::{collections, keys, DocKind};
+use crate::model::{collections, is_record, keys, DocKind};
 
 /// One concurrent value of a field.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -45,84 +45,102 @@ pub struct Conflict {
     pub values: Vec<ConflictValue>,
 }
 
-/// Collections whose entities are written field by field (LWW) and can conflict. Append-only
-/// collections are keyed by fresh ids and do not.
-fn lww(collection: &str) -> bool {
-    !matches!(
-        collection,
-        keys::RELEASES
-            | keys::DISBURSEMENTS
-            | keys::DESTRUCTIONS
-            | keys::REBASELINES
-            | keys::COMMENTS
-            | keys::NARRATIVE
-            | keys::DOCUMENTS
-    )
-}
-
-/// Every conflicting field of every document of the coalition, in a stable order.
+/// Every conflicting value of every document of the coalition, in a stable order: whole
+/// entities written concurrently under the same key (records such as approvals and exchange
+/// rates, or an entity keyed by a natural key like an obligation's pillar), and single fields
+/// of entities written field by field.
 pub fn conflicts(coalition: &mut Coalition) -> Result<Vec<Conflict>, EditError> {
     let mut out = Vec::new();
     for d in coalition.docs_mut() {
         let doc_id = d.id.to_string();
         let kind = d.kind;
         let doc = &mut d.doc;
-        for collection in collections(kind).iter().copied().filter(|c| lww(c)) {
+        // Narrative sections are text: concurrent edits merge character by character.
+        for collection in collections(kind)
+            .iter()
+            .copied()
+            .filter(|c| *c != keys::NARRATIVE)
+        {
             let Some((Value::Object(ObjType::Map), coll)) = doc.get(ROOT, collection)? else {
                 continue;
             };
             let ids: Vec<String> = doc.keys(&coll).collect();
             for id in ids {
+                let mut found = |field: &str, values: Vec<ConflictValue>| {
+                    out.push(Conflict {
+                        doc: doc_id.clone(),
+                        doc_kind: kind,
+                        collection: collection.to_string(),
+                        id: id.clone(),
+                        field: field.to_string(),
+                        values,
+                    })
+                };
+                if let Some(values) = concurrent_values(doc, &coll, &id, is_record(collection))? {
+                    found(WHOLE_ENTITY, values);
+                }
                 let Some((Value::Object(ObjType::Map), entity)) = doc.get(&coll, id.as_str())?
                 else {
                     continue;
                 };
                 let fields: Vec<String> = doc.keys(&entity).collect();
                 for field in fields {
-                    let all: Vec<(serde_json::Value, Option<automerge::ChangeHash>)> = {
-                        let all = doc.get_all(&entity, field.as_str())?;
-                        if all.len() < 2 {
-                            continue;
-                        }
-                        all.iter()
-                            .map(|(v, opid)| {
-                                Ok((value_json(doc, v, opid)?, doc.hash_for_opid(opid)))
-                            })
-                            .collect::<Result<_, EditError>>()?
-                    };
-                    let mut values = Vec::new();
-                    for (json, hash) in all {
-                        let meta = hash.and_then(|h| doc.get_change_meta_by_hash(&h));
-                        let info = meta
-                            .as_ref()
-                            .and_then(|m| CommitInfo::parse(m.message.as_deref()));
-                        values.push(ConflictValue {
-                            value: json,
-                            org: info.as_ref().map(|i| i.org.clone()),
-                            user: info.as_ref().map(|i| i.user.clone()),
-                            device: info.as_ref().map(|i| i.device.clone()),
-                            time: meta.as_ref().map(|m| m.timestamp).unwrap_or(0),
-                            change: hash.map(|h| h.to_string()).unwrap_or_default(),
-                        });
+                    if let Some(values) = concurrent_values(doc, &entity, &field, false)? {
+                        found(&field, values);
                     }
-                    let first = &values[0].value;
-                    if values.iter().all(|v| &v.value == first) {
-                        continue;
-                    }
-                    out.push(Conflict {
-                        doc: doc_id.clone(),
-                        doc_kind: kind,
-                        collection: collection.to_string(),
-                        id: id.clone(),
-                        field,
-                        values,
-                    });
                 }
             }
         }
     }
     out.sort_by(|a, b| (&a.collection, &a.id, &a.field).cmp(&(&b.collection, &b.id, &b.field)));
     Ok(out)
+}
+
+/// The field name of a conflict on a whole entity.
+pub const WHOLE_ENTITY: &str = "*";
+
+/// The values written concurrently at `obj/prop`, if there are several that differ, each with
+/// its author and time. Records (JSON strings) are shown parsed.
+fn concurrent_values(
+    doc: &mut automerge::AutoCommit,
+    obj: &automerge::ObjId,
+    prop: &str,
+    record: bool,
+) -> Result<Option<Vec<ConflictValue>>, EditError> {
+    let all: Vec<(serde_json::Value, Option<automerge::ChangeHash>)> = {
+        let all = doc.get_all(obj, prop)?;
+        if all.len() < 2 {
+            return Ok(None);
+        }
+        all.iter()
+            .map(|(v, opid)| {
+                let mut json = value_json(doc, v, opid)?;
+                if let (true, serde_json::Value::String(text)) = (record, &json) {
+                    json = serde_json::from_str(text).unwrap_or(json);
+                }
+                Ok((json, doc.hash_for_opid(opid)))
+            })
+            .collect::<Result<_, EditError>>()?
+    };
+    if all.iter().all(|(v, _)| *v == all[0].0) {
+        return Ok(None);
+    }
+    let mut values = Vec::with_capacity(all.len());
+    for (json, hash) in all {
+        let meta = hash.and_then(|h| doc.get_change_meta_by_hash(&h));
+        let info = meta
+            .as_ref()
+            .and_then(|m| CommitInfo::parse(m.message.as_deref()));
+        values.push(ConflictValue {
+            value: json,
+            org: info.as_ref().map(|i| i.org.clone()),
+            user: info.as_ref().map(|i| i.user.clone()),
+            device: info.as_ref().map(|i| i.device.clone()),
+            time: meta.as_ref().map(|m| m.timestamp).unwrap_or(0),
+            change: hash.map(|h| h.to_string()).unwrap_or_default(),
+        });
+    }
+    Ok(Some(values))
 }
 
 fn value_json(

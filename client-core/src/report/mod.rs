@@ -20,7 +20,7 @@ use crate::error::EditError;
 use crate::model::{keys, *};
 
 pub use article7::{Article7, FormF, FormG, FormH, FormI};
-pub use conflicts::{conflicts, Conflict, ConflictValue};
+pub use conflicts::{conflicts, Conflict, ConflictValue, WHOLE_ENTITY};
 pub use history::{history, HistoryEntry, HistoryFilter};
 
 /// Every entity of a coalition, hydrated from all of its documents.
@@ -983,21 +983,37 @@ mod tests {
 
     fn approve(f: &mut Fixture, id: &str) {
         let nmac = f.nmac.clone();
-        let a = Approval { entry_id: id.into(), decision: Decision::Approved, decided_on: "2021-12-01".into(), note: None };
+        let a = Approval {
+            entry_id: id.into(),
+            decision: Decision::Approved,
+            decided_on: "2021-12-01".into(),
+            note: None,
+        };
         f.c.apply(&nmac, Edit::Approve(a), T0).expect("approve");
     }
 
     /// A small coalition whose every figure is computed by hand in the assertions below.
     fn small() -> Fixture {
         let mut f = fixture();
-        let (op, nmac, donor, coord) = (f.operator.clone(), f.nmac.clone(), f.donor.clone(), f.coordinator.clone());
+        let (op, nmac, donor, coord) = (
+            f.operator.clone(),
+            f.nmac.clone(),
+            f.donor.clone(),
+            f.coordinator.clone(),
+        );
         let (sha, cha) = (f.sha.clone(), f.cha.clone());
         // SHA 10,000 m²: 4,000 reduced in March 2021.
-        f.c.apply(&op, Edit::RecordRelease(entry("e1", &sha, "NPA", Method::Ts, 4_000, "2021-03-01")), T0).expect("e1");
+        f.c.apply(
+            &op,
+            Edit::RecordRelease(entry("e1", &sha, "NPA", Method::Ts, 4_000, "2021-03-01")),
+            T0,
+        )
+        .expect("e1");
         // CHA 20,000 m²: 5,000 cleared in June 2021 with 3 submunitions, then amended to 4,500.
         let mut e2 = entry("e2", &cha, "NPA", Method::Clearance, 5_000, "2021-06-01");
         e2.items.insert("submunitions".into(), 3);
-        f.c.apply(&op, Edit::RecordRelease(e2.clone()), T0).expect("e2");
+        f.c.apply(&op, Edit::RecordRelease(e2.clone()), T0)
+            .expect("e2");
         let mut e3 = e2.clone();
         e3.id = "e3".into();
         e3.cleared_m2 = 4_500;
@@ -1005,22 +1021,68 @@ mod tests {
         e3.date_of_information = "2021-06-15".into();
         f.c.apply(&op, Edit::RecordRelease(e3), T0).expect("e3");
         // A 2020 entry of 1,000 m², then voided.
-        f.c.apply(&op, Edit::RecordRelease(entry("e4", &cha, "NPA", Method::Clearance, 1_000, "2020-10-01")), T0).expect("e4");
+        f.c.apply(
+            &op,
+            Edit::RecordRelease(entry(
+                "e4",
+                &cha,
+                "NPA",
+                Method::Clearance,
+                1_000,
+                "2020-10-01",
+            )),
+            T0,
+        )
+        .expect("e4");
         let mut e5 = entry("e5", &cha, "NPA", Method::Clearance, 0, "2020-10-02");
         e5.voids = Some("e4".into());
         f.c.apply(&op, Edit::RecordRelease(e5), T0).expect("e5");
         // Pending: 700 m², never counted.
-        f.c.apply(&op, Edit::RecordRelease(entry("e6", &cha, "NPA", Method::Clearance, 700, "2021-12-10")), T0).expect("e6");
+        f.c.apply(
+            &op,
+            Edit::RecordRelease(entry(
+                "e6",
+                &cha,
+                "NPA",
+                Method::Clearance,
+                700,
+                "2021-12-10",
+            )),
+            T0,
+        )
+        .expect("e6");
         for id in ["e1", "e2", "e3", "e4", "e5"] {
             approve(&mut f, id);
         }
         // Deadline and money.
-        let o = Obligation { pillar: Pillar::Clearance, legal_deadline: Some("2021-03-01".into()), current_deadline: Some("2023-03-01".into()), completed_on: None };
-        f.c.apply(&nmac, Edit::PutObligation(o), T0).expect("obligation");
-        let need = Need { id: "n1".into(), pillar: Pillar::Clearance, title: "Clearance".into(), kind: NeedKind::Financial, start_year: 2021, end_year: 2021, amount: 100_000, currency: "USD".into(), priority: 1 };
+        let o = Obligation {
+            pillar: Pillar::Clearance,
+            legal_deadline: Some("2021-03-01".into()),
+            current_deadline: Some("2023-03-01".into()),
+            completed_on: None,
+        };
+        f.c.apply(&nmac, Edit::PutObligation(o), T0)
+            .expect("obligation");
+        let need = Need {
+            id: "n1".into(),
+            pillar: Pillar::Clearance,
+            title: "Clearance".into(),
+            kind: NeedKind::Financial,
+            start_year: 2021,
+            end_year: 2021,
+            amount: 100_000,
+            currency: "USD".into(),
+            priority: 1,
+        };
         f.c.apply(&nmac, Edit::PutNeed(need), T0).expect("need");
-        let rate = ExchangeRate { currency: "EUR".into(), date: "2021-01-01".into(), usd_per_unit: 1.2, source: "test".into() };
-        f.c.apply(&coord, Edit::AddExchangeRate(rate), T0).expect("rate");
+        let rate = ExchangeRate {
+            currency: "EUR".into(),
+            date: "2021-01-01".into(),
+            usd_per_unit: 1.2,
+            source: "test".into(),
+        };
+        f.c.apply(&coord, Edit::AddExchangeRate(rate), T0)
+            .expect("rate");
         let pledge = |id: &str, amount: i64, currency: &str, status: PledgeStatus| Pledge {
             id: id.into(),
             donor: "donor-DE".into(),
@@ -1034,16 +1096,47 @@ mod tests {
             status,
             committed_on: None,
         };
-        f.c.apply(&donor, Edit::PutPledge(pledge("p1", 50_000, "EUR", PledgeStatus::Committed)), T0).expect("p1");
-        let d = Disbursement { id: "d1".into(), pledge_id: "p1".into(), amount: 20_000, currency: "EUR".into(), date: "2021-09-01".into() };
+        f.c.apply(
+            &donor,
+            Edit::PutPledge(pledge("p1", 50_000, "EUR", PledgeStatus::Committed)),
+            T0,
+        )
+        .expect("p1");
+        let d = Disbursement {
+            id: "d1".into(),
+            pledge_id: "p1".into(),
+            amount: 20_000,
+            currency: "EUR".into(),
+            date: "2021-09-01".into(),
+        };
         f.c.apply(&donor, Edit::AddDisbursement(d), T0).expect("d1");
         // CHF has no exchange rate.
-        f.c.apply(&donor, Edit::PutPledge(pledge("p2", 10_000, "CHF", PledgeStatus::Announced)), T0).expect("p2");
+        f.c.apply(
+            &donor,
+            Edit::PutPledge(pledge("p2", 10_000, "CHF", PledgeStatus::Announced)),
+            T0,
+        )
+        .expect("p2");
         // Stockpile: 100 declared, 10 retained, 95 destroyed: over by 5.
-        let line = StockpileLine { id: "s1".into(), munition_type: "KB-1".into(), declared: 100, declared_submunitions: 1_000, retained: 10, transferred: 0 };
-        f.c.apply(&nmac, Edit::PutStockpileLine(line), T0).expect("line");
-        let ev = DestructionEvent { id: "x1".into(), line_id: "s1".into(), date: "2012-01-01".into(), quantity: 95, submunitions: 900 };
-        f.c.apply(&nmac, Edit::AddDestruction(ev), T0).expect("destroy");
+        let line = StockpileLine {
+            id: "s1".into(),
+            munition_type: "KB-1".into(),
+            declared: 100,
+            declared_submunitions: 1_000,
+            retained: 10,
+            transferred: 0,
+        };
+        f.c.apply(&nmac, Edit::PutStockpileLine(line), T0)
+            .expect("line");
+        let ev = DestructionEvent {
+            id: "x1".into(),
+            line_id: "s1".into(),
+            date: "2012-01-01".into(),
+            quantity: 95,
+            submunitions: 900,
+        };
+        f.c.apply(&nmac, Edit::AddDestruction(ev), T0)
+            .expect("destroy");
         // An extension of six years where the treaty allows five.
         let ext = ExtensionRequest {
             id: "x2".into(),
@@ -1055,7 +1148,8 @@ mod tests {
             budget: None,
             budget_currency: None,
         };
-        f.c.apply(&nmac, Edit::AddExtensionRequest(ext), T0).expect("extension");
+        f.c.apply(&nmac, Edit::AddExtensionRequest(ext), T0)
+            .expect("extension");
         f
     }
 
@@ -1068,12 +1162,24 @@ mod tests {
         let f = small();
         let r = Report::build(&f.c, as_of()).expect("report");
         let c = &r.clearance;
-        assert_eq!(c.released_m2, 8_500, "4,000 reduced + 4,500 cleared (amended), the voided 1,000 gone");
+        assert_eq!(
+            c.released_m2, 8_500,
+            "4,000 reduced + 4,500 cleared (amended), the voided 1,000 gone"
+        );
         assert_eq!(c.remaining_sha_m2, 6_000);
         assert_eq!(c.remaining_cha_m2, 15_500);
         assert_eq!(c.pending_entries, 1);
         assert_eq!(c.pending_m2, 700);
-        assert_eq!(c.by_year, vec![ReleaseYear { year: 2021, cancelled_m2: 0, reduced_m2: 4_000, cleared_m2: 4_500, items: 3 }]);
+        assert_eq!(
+            c.by_year,
+            vec![ReleaseYear {
+                year: 2021,
+                cancelled_m2: 0,
+                reduced_m2: 4_000,
+                cleared_m2: 4_500,
+                items: 3
+            }]
+        );
         assert_eq!(c.items_by_type.get("submunitions"), Some(&3));
         assert_eq!(c.open_areas, 2);
     }
@@ -1089,7 +1195,8 @@ mod tests {
         assert_eq!(d.months_to_complete, Some(30.4));
         assert_eq!(d.projected_completion.as_deref(), Some("2024-07-12"));
         assert_eq!(d.level, RiskLevel::AtRisk);
-        let later = Report::build(&f.c, NaiveDate::from_ymd_opt(2023, 6, 1).expect("date")).expect("report");
+        let later = Report::build(&f.c, NaiveDate::from_ymd_opt(2023, 6, 1).expect("date"))
+            .expect("report");
         assert_eq!(later.deadline_risk.level, RiskLevel::Overdue);
     }
 
@@ -1097,7 +1204,11 @@ mod tests {
     fn funding_gap_converts_at_dated_rates_and_keeps_original_currencies() {
         let f = small();
         let r = Report::build(&f.c, as_of()).expect("report");
-        let row = r.funding.iter().find(|x| x.pillar == Some(Pillar::Clearance) && x.year == 2021).expect("2021 row");
+        let row = r
+            .funding
+            .iter()
+            .find(|x| x.pillar == Some(Pillar::Clearance) && x.year == 2021)
+            .expect("2021 row");
         assert_eq!(row.needs_usd, 100_000.0);
         // EUR 50,000 committed, EUR 20,000 paid, at 1.2: 36,000 still committed, 24,000 paid.
         assert_eq!(row.committed_usd, 36_000.0);
@@ -1109,7 +1220,11 @@ mod tests {
         assert_eq!(row.original["EUR"].committed, 30_000.0);
         assert_eq!(row.original["EUR"].disbursed, 20_000.0);
         assert_eq!(row.original["USD"].needs, 100_000.0);
-        let cell = r.donor_matrix.iter().find(|c| c.donor == "donor-DE" && c.year == 2021).expect("cell");
+        let cell = r
+            .donor_matrix
+            .iter()
+            .find(|c| c.donor == "donor-DE" && c.year == 2021)
+            .expect("cell");
         assert_eq!(cell.pledged_usd, 60_000.0);
         assert_eq!(cell.disbursed_usd, 24_000.0);
         assert_eq!(cell.original["EUR"], 50_000.0);
@@ -1125,9 +1240,16 @@ mod tests {
         assert!(rules.contains(&"stockpile_over_declared"), "{rules:?}");
         assert!(rules.contains(&"extension_too_long"), "{rules:?}");
         assert!(!rules.contains(&"released_over_baseline"), "{rules:?}");
-        assert!(!rules.contains(&"unapproved_too_long"), "e6 is 21 days old on 2021-12-31: {rules:?}");
-        let later = Report::build(&f.c, NaiveDate::from_ymd_opt(2022, 1, 15).expect("date")).expect("report");
-        assert!(later.flags.iter().any(|x| x.rule == "unapproved_too_long" && x.id == "e6"));
+        assert!(
+            !rules.contains(&"unapproved_too_long"),
+            "e6 is 21 days old on 2021-12-31: {rules:?}"
+        );
+        let later = Report::build(&f.c, NaiveDate::from_ymd_opt(2022, 1, 15).expect("date"))
+            .expect("report");
+        assert!(later
+            .flags
+            .iter()
+            .any(|x| x.rule == "unapproved_too_long" && x.id == "e6"));
         assert_eq!(r.stockpile.remaining, 0);
         assert_eq!(r.stockpile.destroyed, 95);
     }
@@ -1142,8 +1264,14 @@ mod tests {
         f.c.apply(&op, Edit::RecordRelease(e), T0).expect("e9");
         approve(&mut f, "e9");
         let r = Report::build(&f.c, as_of()).expect("report");
-        assert!(r.flags.iter().any(|x| x.rule == "released_over_baseline" && x.id == "area-sha"));
-        assert!(r.flags.iter().any(|x| x.rule == "items_in_sha" && x.id == "area-sha"));
+        assert!(r
+            .flags
+            .iter()
+            .any(|x| x.rule == "released_over_baseline" && x.id == "area-sha"));
+        assert!(r
+            .flags
+            .iter()
+            .any(|x| x.rule == "items_in_sha" && x.id == "area-sha"));
         assert_eq!(r.clearance.remaining_sha_m2, 0);
     }
 
@@ -1156,18 +1284,73 @@ mod tests {
         phone_id.actor = "ee".repeat(16);
         phone_id.device = "phone".into();
         laptop.set_actor(&donor);
-        let mut p: Pledge = f.c.find_entity(DocKind::Partner, keys::PLEDGES, "p2").expect("read").expect("p2");
+        let mut p: Pledge =
+            f.c.find_entity(DocKind::Partner, keys::PLEDGES, "p2")
+                .expect("read")
+                .expect("p2");
         p.status = PledgeStatus::Committed;
-        f.c.apply(&donor, Edit::PutPledge(p.clone()), T0 + 10).expect("commit");
+        f.c.apply(&donor, Edit::PutPledge(p.clone()), T0 + 10)
+            .expect("commit");
         p.status = PledgeStatus::Cancelled;
-        laptop.apply(&phone_id, Edit::PutPledge(p), T0 + 20).expect("cancel");
+        laptop
+            .apply(&phone_id, Edit::PutPledge(p), T0 + 20)
+            .expect("cancel");
         f.c.merge(&mut laptop).expect("merge");
         let state = State::of(&f.c).expect("state");
         assert_eq!(state.pledges["p2"].status, PledgeStatus::Committed);
         let r = Report::from_state(String::new(), &state, as_of());
-        assert!(r.flags.iter().any(|x| x.rule == "cancel_conflicts_with_commitment" && x.id == "p2"));
+        assert!(r
+            .flags
+            .iter()
+            .any(|x| x.rule == "cancel_conflicts_with_commitment" && x.id == "p2"));
         let listed = conflicts(&mut f.c).expect("conflicts");
-        assert!(listed.iter().any(|c| c.id == "p2" && c.field == "status" && c.values.len() == 2));
+        assert!(listed
+            .iter()
+            .any(|c| c.id == "p2" && c.field == "status" && c.values.len() == 2));
+    }
+
+    #[test]
+    fn concurrent_decisions_on_one_entry_are_a_conflict_on_the_whole_record() {
+        let mut f = small();
+        let nmac = f.nmac.clone();
+        let mut tablet = f.c.clone();
+        let mut other = nmac.clone();
+        other.actor = "dd".repeat(16);
+        other.device = "tablet-2".into();
+        tablet.set_actor(&other);
+        let decide = |decision| Approval {
+            entry_id: "e6".into(),
+            decision,
+            decided_on: "2021-12-20".into(),
+            note: None,
+        };
+        f.c.apply(&nmac, Edit::Approve(decide(Decision::Approved)), T0 + 5)
+            .expect("approve");
+        tablet
+            .apply(&other, Edit::Approve(decide(Decision::Rejected)), T0 + 6)
+            .expect("reject");
+        f.c.merge(&mut tablet).expect("merge");
+        let listed = conflicts(&mut f.c).expect("conflicts");
+        let c = listed
+            .iter()
+            .find(|c| c.collection == keys::APPROVALS)
+            .expect("approval conflict");
+        assert_eq!((c.id.as_str(), c.field.as_str()), ("e6", WHOLE_ENTITY));
+        let mut decisions: Vec<(&str, &str)> = c
+            .values
+            .iter()
+            .map(|v| {
+                (
+                    v.value["decision"].as_str().unwrap_or_default(),
+                    v.device.as_deref().unwrap_or_default(),
+                )
+            })
+            .collect();
+        decisions.sort();
+        assert_eq!(
+            decisions,
+            vec![("approved", "nina-device"), ("rejected", "tablet-2")]
+        );
     }
 
     #[test]
@@ -1176,12 +1359,18 @@ mod tests {
         let state = State::of(&f.c).expect("state");
         let r = Report::from_state(String::new(), &state, as_of());
         let forms = Article7::draft(&state, &r, as_of());
-        assert_eq!(forms.form_f.remaining_sha_m2 + forms.form_f.remaining_cha_m2, 21_500);
+        assert_eq!(
+            forms.form_f.remaining_sha_m2 + forms.form_f.remaining_cha_m2,
+            21_500
+        );
         assert_eq!(forms.form_f.areas.len(), 2);
         assert_eq!(forms.form_i.lines.len(), 2);
         let md = forms.to_markdown();
         assert!(md.contains("## Form F"), "{md}");
-        assert!(md.contains("| HA-2 | HA-2 field | Tuzla | CHA | 20000 | 15500 | active |"), "{md}");
+        assert!(
+            md.contains("| HA-2 | HA-2 field | Tuzla | CHA | 20000 | 15500 | active |"),
+            "{md}"
+        );
         assert!(md.contains("| 2021 | 0 | 4000 | 4500 | 3 |"), "{md}");
     }
 }

@@ -1,1 +1,6 @@
-fn main() {}
+//! End-to-end tests of Coalition Sync: real processes, real stores on disk.
+
+mod crash;
+mod merge;
+mod support;
+mod two_devices;

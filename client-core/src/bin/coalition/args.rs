@@ -116,6 +116,39 @@ pub enum Command {
     },
     /// Fold stored increments into snapshots.
     Compact,
+    /// Enroll this device with an invite from a coordinator.
+    Enroll(EnrollArgs),
+    /// Sync with the relay: once (default) or staying connected (--watch).
+    Sync(SyncArgs),
+    /// Relay, device, last sync, and documents with changes not yet on the relay.
+    Status,
+}
+
+#[derive(Args, Debug)]
+pub struct EnrollArgs {
+    /// The relay, e.g. `https://relay.example.org` or `http://127.0.0.1:8080`.
+    #[arg(long, env = "COALITION_SERVER")]
+    pub server: String,
+    /// The invite code.
+    #[arg(long)]
+    pub invite: String,
+    /// This device's name (default: the stored one, else the host name).
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct SyncArgs {
+    /// Use this relay for this run instead of the one stored at enrollment.
+    #[arg(long, env = "COALITION_SERVER")]
+    pub server: Option<String>,
+    /// Stay connected: apply remote changes live, push local edits, reconnect when the link
+    /// drops; Ctrl-C stops.
+    #[arg(long)]
+    pub watch: bool,
+    /// Give up waiting for the relay's answers after this many seconds (one-off sync).
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
 }
 
 #[derive(Args, Debug)]

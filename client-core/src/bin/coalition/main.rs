@@ -5,6 +5,7 @@
 //! it durable.
 
 mod args;
+mod net;
 mod render;
 
 use std::io::Write;
@@ -547,6 +548,9 @@ fn dispatch(ctx: &mut Ctx, command: Command) -> Result<()> {
                 )
             })
         }
+        Command::Enroll(a) => net::enroll(&ctx.store, ctx.json, a),
+        Command::Sync(a) => net::sync(&mut ctx.store, ctx.json, ctx.coalition.as_deref(), a),
+        Command::Status => net::status(&ctx.store, ctx.json),
         Command::Compact => {
             let n = ctx.store.compact(2)?;
             ctx.print(&serde_json::json!({ "compacted": n }), || {
@@ -575,7 +579,7 @@ fn set<T>(field: &mut T, value: Option<T>) {
     }
 }
 
-fn find<T: autosurgeon::Hydrate>(
+fn find<T: serde::de::DeserializeOwned>(
     ctx: &mut Ctx,
     kind: DocKind,
     collection: &str,
@@ -585,7 +589,7 @@ fn find<T: autosurgeon::Hydrate>(
     Ok(coalition.find_entity(kind, collection, id)?)
 }
 
-fn require<T: autosurgeon::Hydrate>(
+fn require<T: serde::de::DeserializeOwned>(
     ctx: &mut Ctx,
     kind: DocKind,
     collection: &str,

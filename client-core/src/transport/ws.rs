@@ -1,0 +1,931 @@
+//! The WebSocket transport: connects to the relay's `/sync` with the device credential and
+//! drives a [`Session`] with the frames.
+//!
+//! - [`connect`] opens the socket (`Authorization: Bearer`, rustls for `wss://`). A relay that
+//!   refuses the credential answers 401/403 with a JSON error before the upgrade; that becomes
+//!   [`ConnectError::Refused`] with the relay's code and message, and nothing is written.
+//! - [`sync_once`] runs one exchange until it is quiet (every shared document answered and no
+//!   frame for [`SyncOptions::settle`]) or [`SyncOptions::timeout`] passes.
+//! - [`watch`] stays connected, merges edits other processes write to the store, and
+//!   reconnects with exponential backoff and jitter when the link drops; it stops when its
+//!   `shutdown` future completes or the credential is refused.
+//!
+//! Every network wait is bounded: connecting by [`SyncOptions::connect_timeout`], sending by
+//! [`SEND_TIMEOUT`], and a connected link that stays silent for three ping intervals counts
+//! as dropped.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rand::Rng;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{header::AUTHORIZATION, HeaderValue};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::enroll::{snippet, ApiErrorBody};
+use super::session::{error_chain, Session, SessionError, SessionEvent, SyncStats};
+use super::watcher::StoreWatcher;
+use super::{keys, sync_url};
+use crate::store::{Store, StoreError};
+use crate::sync::{DocumentId, EngineConfig, PeerId, PeerMetadata, StorageId};
+
+/// The socket type [`connect`] returns.
+pub type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How long one frame may take to be written before the link counts as dropped.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often a watching client pings a silent relay.
+const PING_EVERY: Duration = Duration::from_secs(15);
+
+/// The largest frame accepted: the first sync of a big coalition document comes in one
+/// message, and tungstenite's 16 MiB frame default would refuse it.
+const MAX_FRAME: usize = 256 << 20;
+
+/// Why the relay could not be connected to.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The server URL is not an http(s) or ws(s) URL.
+    #[error("`{0}` is not a relay URL (expected http://, https://, ws:// or wss://)")]
+    InvalidServerUrl(String),
+    /// The credential cannot go in a header (it has control characters).
+    #[error("the stored credential is not a valid header value; enroll again")]
+    InvalidCredential,
+    /// The relay could not be reached (refused, unknown host, TLS failure).
+    #[error("cannot reach the relay at {url}")]
+    Unreachable {
+        /// The URL tried.
+        url: String,
+        /// The cause.
+        #[source]
+        source: Box<tungstenite::Error>,
+    },
+    /// Connecting took longer than [`SyncOptions::connect_timeout`].
+    #[error("cannot reach the relay at {url}: no answer within {timeout:?}")]
+    TimedOut {
+        /// The URL tried.
+        url: String,
+        /// The limit.
+        timeout: Duration,
+    },
+    /// The relay refused this device's credential (401/403): unknown, or the device was
+    /// revoked.
+    #[error("the relay refused this device's credential: {message} ({code})")]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The relay's error code (`unauthorized`, `device_revoked`...).
+        code: String,
+        /// The relay's message.
+        message: String,
+    },
+    /// The relay answered the upgrade with another HTTP status.
+    #[error("the relay at {url} answered HTTP {status}: {body}")]
+    Http {
+        /// The URL.
+        url: String,
+        /// The status.
+        status: u16,
+        /// The start of the body.
+        body: String,
+    },
+}
+
+/// Why a sync stopped before it could report a summary.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SyncError {
+    /// The store has no relay URL or no credential: the device was never enrolled.
+    #[error("this device is not enrolled: run `coalition enroll --server URL --invite CODE`")]
+    NotEnrolled,
+    /// The relay could not be connected to.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The session failed (the store could not save a received change).
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// The store could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// How to sync, and with whom.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// The relay's base URL.
+    pub server: String,
+    /// The device credential.
+    pub credential: String,
+    /// The coalitions to sync (manifest ids).
+    pub coalitions: Vec<DocumentId>,
+    /// Our peer id in the sync protocol.
+    pub peer_id: PeerId,
+    /// Our storage id (stable for the life of the store).
+    pub storage_id: StorageId,
+    /// How long the exchange must be silent, with every document answered, to count as done.
+    pub settle: Duration,
+    /// How long [`sync_once`] may take in all before it reports what is left unanswered.
+    pub timeout: Duration,
+    /// How long connecting may take.
+    pub connect_timeout: Duration,
+    /// How often [`watch`] looks for edits other processes wrote to the store.
+    pub poll_interval: Duration,
+    /// The longest wait between two reconnection attempts.
+    pub max_backoff: Duration,
+}
+
+impl SyncOptions {
+    /// Options from the device settings the store holds (see [`super::enroll()`]);
+    /// `server` overrides the stored relay URL for this run.
+    pub fn from_store(store: &Store, server: Option<&str>) -> Result<Self, SyncError> {
+        let server = match server {
+            Some(s) => s.to_owned(),
+            None => store.meta(keys::SERVER)?.ok_or(SyncError::NotEnrolled)?,
+        };
+        let credential = store
+            .meta(keys::CREDENTIAL)?
+            .ok_or(SyncError::NotEnrolled)?;
+        let device = store
+            .meta(keys::DEVICE_ID)?
+            .unwrap_or_else(|| "device".to_owned());
+        // One peer id per process: two `coalition` processes of one device (a `--watch` and a
+        // one-off sync) must not replace each other's connection at the relay.
+        let peer_id = PeerId::new(format!("{device}-{:08x}", rand::random::<u32>()));
+        Ok(SyncOptions {
+            server,
+            credential,
+            coalitions: super::synced_coalitions(store)?,
+            peer_id,
+            storage_id: StorageId::new(super::storage_id(store)?),
+            settle: Duration::from_millis(300),
+            timeout: Duration::from_secs(120),
+            connect_timeout: Duration::from_secs(15),
+            poll_interval: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+        })
+    }
+
+    fn engine_config(&self) -> EngineConfig {
+        let mut config = EngineConfig::new(self.peer_id.clone());
+        config.metadata = PeerMetadata {
+            storage_id: Some(self.storage_id.clone()),
+            is_ephemeral: false,
+        };
+        config
+    }
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Every document was answered and the exchange went quiet.
+    Complete,
+    /// [`SyncOptions::timeout`] passed with documents still unanswered.
+    TimedOut,
+    /// The link dropped or the relay closed it.
+    LinkLost {
+        /// Why.
+        reason: String,
+    },
+    /// The caller asked to stop.
+    Stopped,
+}
+
+/// What one [`sync_once`] did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SyncSummary {
+    /// How it ended.
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// Documents synced (shared with the relay).
+    pub documents: usize,
+    /// Documents the relay has not answered about.
+    pub unanswered: Vec<DocumentId>,
+    /// Documents with local changes not known to be on the relay at the end.
+    pub unsent: Vec<DocumentId>,
+    /// Counters: bytes each way, documents received and refused, warnings.
+    pub stats: SyncStats,
+}
+
+/// Something a running sync reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WatchEvent {
+    /// From the session: connected, a remote change, a document unavailable, a warning.
+    Session(SessionEvent),
+    /// Every document is answered and the link is quiet; local changes were recorded as
+    /// synced.
+    Quiet {
+        /// Documents whose local changes are still not on the relay.
+        unsent: usize,
+    },
+    /// The link dropped; the next attempt is in `retry_in`.
+    Dropped {
+        /// Why.
+        reason: String,
+        /// The wait before reconnecting.
+        retry_in: Duration,
+    },
+}
+
+/// The rustls client configuration for `wss://`: the `ring` provider and Mozilla's roots,
+/// so no system library or certificate store is needed.
+fn tls_config() -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Opens the WebSocket to `{server}/sync` with the credential.
+pub async fn connect(
+    server: &str,
+    credential: &str,
+    timeout: Duration,
+) -> Result<WsStream, ConnectError> {
+    let url = sync_url(server).ok_or_else(|| ConnectError::InvalidServerUrl(server.to_owned()))?;
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|_| ConnectError::InvalidServerUrl(server.to_owned()))?;
+    let bearer = HeaderValue::from_str(&format!("Bearer {credential}"))
+        .map_err(|_| ConnectError::InvalidCredential)?;
+    request.headers_mut().insert(AUTHORIZATION, bearer);
+    let connector = if url.starts_with("wss://") {
+        let tls = tls_config().map_err(|e| ConnectError::Unreachable {
+            url: url.clone(),
+            source: Box::new(tungstenite::Error::Tls(e.into())),
+        })?;
+        Some(tokio_tungstenite::Connector::Rustls(tls))
+    } else {
+        Some(tokio_tungstenite::Connector::Plain)
+    };
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_FRAME))
+        .max_frame_size(Some(MAX_FRAME));
+    let attempt =
+        tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, connector);
+    match tokio::time::timeout(timeout, attempt).await {
+        Err(_) => Err(ConnectError::TimedOut { url, timeout }),
+        Ok(Ok((ws, _response))) => Ok(ws),
+        Ok(Err(tungstenite::Error::Http(response))) => {
+            let status = response.status().as_u16();
+            let body = response
+                .body()
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            let parsed = serde_json::from_str::<ApiErrorBody>(&body).ok();
+            if status == 401 || status == 403 {
+                let (code, message) = match parsed {
+                    Some(ApiErrorBody { error }) => (error.code, error.message),
+                    None => (
+                        if status == 401 {
+                            "unauthorized"
+                        } else {
+                            "forbidden"
+                        }
+                        .to_owned(),
+                        snippet(&body),
+                    ),
+                };
+                return Err(ConnectError::Refused {
+                    status,
+                    code,
+                    message,
+                });
+            }
+            let body = match parsed {
+                Some(ApiErrorBody { error }) => format!("{} ({})", error.message, error.code),
+                None => snippet(&body),
+            };
+            Err(ConnectError::Http { url, status, body })
+        }
+        Ok(Err(source)) => Err(ConnectError::Unreachable {
+            url,
+            source: Box::new(source),
+        }),
+    }
+}
+
+/// Whether a drive is a one-off sync (with its deadline) or a watch.
+enum Mode<'w> {
+    Once {
+        deadline: Instant,
+    },
+    Watch {
+        watcher: Option<&'w mut StoreWatcher>,
+    },
+}
+
+/// Runs one connection until it ends. Frames leave only after the batch of engine actions
+/// that produced them was carried out (received changes saved first).
+async fn drive<S: Future<Output = ()>>(
+    session: &mut Session<'_>,
+    ws: WsStream,
+    options: &SyncOptions,
+    mut mode: Mode<'_>,
+    mut shutdown: std::pin::Pin<&mut S>,
+    on_event: &mut dyn FnMut(&WatchEvent),
+) -> Result<Outcome, SyncError> {
+    let (mut tx, mut rx) = ws.split();
+    session.connect(std::time::Instant::now())?;
+    let watching = matches!(mode, Mode::Watch { .. });
+    let mut last_activity = Instant::now();
+    let mut last_rx = Instant::now();
+    // Something happened since the last checkpoint (watch mode records after each burst).
+    let mut dirty = true;
+    let mut poll = tokio::time::interval(options.poll_interval);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+    loop {
+        if let Some(reason) = emit(session, on_event) {
+            return Ok(Outcome::LinkLost { reason });
+        }
+        while let Some(frame) = session.poll_transmit() {
+            last_activity = Instant::now();
+            match tokio::time::timeout(SEND_TIMEOUT, tx.send(WsMessage::Binary(frame.into()))).await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    return Ok(Outcome::LinkLost {
+                        reason: error_chain(&e),
+                    })
+                }
+                Err(_) => {
+                    return Ok(Outcome::LinkLost {
+                        reason: "sending to the relay timed out".to_owned(),
+                    })
+                }
+            }
+        }
+        let settled = session.all_answered() && (dirty || !watching);
+        let settle_at = last_activity + options.settle;
+        let engine_at = session.poll_timeout().map(Instant::from_std);
+        let deadline = match mode {
+            Mode::Once { deadline } => Some(deadline),
+            Mode::Watch { .. } => None,
+        };
+        tokio::select! {
+            frame = rx.next() => {
+                last_rx = Instant::now();
+                match frame {
+                    Some(Ok(WsMessage::Binary(bytes))) => {
+                        last_activity = Instant::now();
+                        dirty = true;
+                        session.receive(&bytes, std::time::Instant::now())?;
+                    }
+                    Some(Ok(WsMessage::Close(frame))) => {
+                        let reason = frame
+                            .map(|f| format!("the relay closed the connection: {} {}", f.code, f.reason))
+                            .unwrap_or_else(|| "the relay closed the connection".to_owned());
+                        session.disconnected()?;
+                        emit(session, on_event);
+                        return Ok(Outcome::LinkLost { reason });
+                    }
+                    Some(Ok(_)) => {
+                        // Pings are answered by tungstenite; text frames are not part of the
+                        // protocol.
+                    }
+                    Some(Err(e)) => {
+                        session.disconnected()?;
+                        emit(session, on_event);
+                        return Ok(Outcome::LinkLost { reason: error_chain(&e) });
+                    }
+                    None => {
+                        session.disconnected()?;
+                        emit(session, on_event);
+                        return Ok(Outcome::LinkLost {
+                            reason: "the relay closed the connection".to_owned(),
+                        });
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(settle_at), if settled => {
+                session.checkpoint()?;
+                dirty = false;
+                let unsent = session.unsent().len();
+                on_event(&WatchEvent::Quiet { unsent });
+                if !watching {
+                    let _ = tokio::time::timeout(SEND_TIMEOUT, tx.send(WsMessage::Close(None))).await;
+                    return Ok(Outcome::Complete);
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                let _ = tokio::time::timeout(SEND_TIMEOUT, tx.send(WsMessage::Close(None))).await;
+                return Ok(Outcome::TimedOut);
+            }
+            _ = tokio::time::sleep_until(engine_at.unwrap_or_else(Instant::now)), if engine_at.is_some() => {
+                session.handle_timeout(std::time::Instant::now())?;
+            }
+            _ = poll.tick(), if watching => {
+                if let Mode::Watch { watcher: Some(watcher), .. } = &mut mode {
+                    for chunk in watcher.changes()? {
+                        session.merge_from_store(chunk.doc_id, &chunk.coalition, &chunk.bytes)?;
+                        dirty = true;
+                    }
+                }
+            }
+            _ = ping.tick(), if watching => {
+                if last_rx.elapsed() > PING_EVERY * 3 {
+                    session.disconnected()?;
+                    emit(session, on_event);
+                    return Ok(Outcome::LinkLost { reason: "the relay stopped answering".to_owned() });
+                }
+                let ping = tokio::time::timeout(SEND_TIMEOUT, tx.send(WsMessage::Ping(Default::default())));
+                if !matches!(ping.await, Ok(Ok(()))) {
+                    session.disconnected()?;
+                    emit(session, on_event);
+                    return Ok(Outcome::LinkLost { reason: "cannot send to the relay".to_owned() });
+                }
+            }
+            _ = &mut shutdown => {
+                let _ = tokio::time::timeout(Duration::from_secs(2), tx.send(WsMessage::Close(None))).await;
+                return Ok(Outcome::Stopped);
+            }
+        }
+    }
+}
+
+/// Hands the session's events to the caller; returns why the engine closed the connection,
+/// if it did.
+fn emit(session: &mut Session<'_>, on_event: &mut dyn FnMut(&WatchEvent)) -> Option<String> {
+    let mut closed = None;
+    while let Some(event) = session.poll_event() {
+        if let SessionEvent::Closed { reason } = &event {
+            closed = Some(format!("the sync engine closed the connection: {reason:?}"));
+        }
+        on_event(&WatchEvent::Session(event));
+    }
+    closed
+}
+
+/// Syncs once: connects, exchanges until quiet (or [`SyncOptions::timeout`]), and reports.
+///
+/// Returns an error when the relay cannot be reached or refuses the credential (nothing is
+/// written to the store then) or when a received change cannot be stored. A link that drops
+/// mid-way is reported in the summary's [`Outcome`], with what was synced until then.
+pub async fn sync_once(
+    store: &mut Store,
+    options: &SyncOptions,
+    on_event: &mut dyn FnMut(&WatchEvent),
+) -> Result<SyncSummary, SyncError> {
+    let ws = connect(
+        &options.server,
+        &options.credential,
+        options.connect_timeout,
+    )
+    .await?;
+    // The session is made only now: until the relay accepted the credential, the store is
+    // only read.
+    let mut session = Session::new(store, options.engine_config(), &options.coalitions)?;
+    let deadline = Instant::now() + options.timeout;
+    let never = pin!(std::future::pending::<()>());
+    let outcome = drive(
+        &mut session,
+        ws,
+        options,
+        Mode::Once { deadline },
+        never,
+        on_event,
+    )
+    .await?;
+    Ok(SyncSummary {
+        outcome,
+        documents: session.documents(),
+        unanswered: session.unanswered(),
+        unsent: session.unsent(),
+        stats: session.stats().clone(),
+    })
+}
+
+/// What a [`watch`] did, over all its connections.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct WatchSummary {
+    /// Connections that completed the handshake.
+    pub connections: u64,
+    /// Bytes sent.
+    pub bytes_sent: u64,
+    /// Bytes received.
+    pub bytes_received: u64,
+    /// Documents that received remote changes.
+    pub received: usize,
+}
+
+/// The wait before reconnection attempt `attempt` (1-based): exponential from half a second,
+/// capped, with "equal jitter" (half fixed, half random) so that many devices that lost the
+/// relay at once do not come back at once.
+pub fn backoff(attempt: u32, cap: Duration) -> Duration {
+    let exp = Duration::from_millis(500).saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+    let ceiling = exp.min(cap);
+    let half = ceiling / 2;
+    let jitter = rand::rng().random_range(0..=half.as_millis() as u64);
+    half + Duration::from_millis(jitter)
+}
+
+/// Stays connected: applies remote changes as they come, pushes edits other processes write
+/// to the store, and reconnects with [`backoff`] when the link drops. Returns when `shutdown`
+/// completes, or with an error when the credential is refused or the store fails.
+pub async fn watch<S: Future<Output = ()>>(
+    store: &mut Store,
+    options: &SyncOptions,
+    shutdown: S,
+    on_event: &mut dyn FnMut(&WatchEvent),
+) -> Result<WatchSummary, SyncError> {
+    let mut shutdown = pin!(shutdown);
+    let mut watcher = StoreWatcher::open(store.path())?;
+    let mut summary = WatchSummary::default();
+    let mut received = std::collections::BTreeSet::new();
+    let mut attempt: u32 = 0;
+    loop {
+        let connected = tokio::select! {
+            r = connect(&options.server, &options.credential, options.connect_timeout) => r,
+            _ = &mut shutdown => return Ok(summary),
+        };
+        let reason = match connected {
+            Ok(ws) => {
+                // Edits written from now on reach the session through the watcher; the ones
+                // before are in what the session loads.
+                watcher.changes()?;
+                let mut session =
+                    Session::new(store, options.engine_config(), &options.coalitions)?;
+                let outcome = drive(
+                    &mut session,
+                    ws,
+                    options,
+                    Mode::Watch {
+                        watcher: Some(&mut watcher),
+                    },
+                    shutdown.as_mut(),
+                    on_event,
+                )
+                .await?;
+                let stats = session.stats();
+                summary.bytes_sent += stats.bytes_sent;
+                summary.bytes_received += stats.bytes_received;
+                received.extend(stats.received.iter().copied());
+                summary.received = received.len();
+                if stats.frames_received > 0 {
+                    summary.connections += 1;
+                    attempt = 0;
+                }
+                match outcome {
+                    Outcome::Stopped => return Ok(summary),
+                    Outcome::LinkLost { reason } => reason,
+                    Outcome::Complete | Outcome::TimedOut => "the connection ended".to_owned(),
+                }
+            }
+            Err(
+                e @ (ConnectError::Refused { .. }
+                | ConnectError::InvalidServerUrl(_)
+                | ConnectError::InvalidCredential),
+            ) => return Err(e.into()),
+            Err(e) => error_chain(&e),
+        };
+        attempt = attempt.saturating_add(1);
+        let retry_in = backoff(attempt, options.max_backoff);
+        on_event(&WatchEvent::Dropped { reason, retry_in });
+        tokio::select! {
+            _ = tokio::time::sleep(retry_in) => {}
+            _ = &mut shutdown => return Ok(summary),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use tokio::net::TcpListener;
+    use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+
+    use super::*;
+    use crate::sync::ConnId;
+    use crate::transport::test_relay::{demo_relay, device_comment, dump_documents, FakeRelay};
+
+    /// Every test is bounded: a hang is a failure, not a stuck CI run.
+    const TEST_LIMIT: Duration = Duration::from_secs(60);
+
+    #[derive(Clone, Copy)]
+    enum Behaviour {
+        Serve,
+        /// Answer the upgrade with 401 and a JSON error.
+        Refuse,
+        /// Drop the first connection (no close frame) after this many frames from the device.
+        DropFirstAfter(u64),
+    }
+
+    /// A WebSocket relay on 127.0.0.1 running a [`FakeRelay`].
+    async fn start(relay: FakeRelay, behaviour: Behaviour) -> (SocketAddr, Arc<Mutex<FakeRelay>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let relay = Arc::new(Mutex::new(relay));
+        let shared = relay.clone();
+        let next = Arc::new(AtomicU64::new(1));
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let relay = shared.clone();
+                let conn = ConnId(next.fetch_add(1, Ordering::SeqCst));
+                tokio::spawn(serve_one(tcp, relay, conn, behaviour));
+            }
+        });
+        (addr, relay)
+    }
+
+    async fn serve_one(
+        tcp: TcpStream,
+        relay: Arc<Mutex<FakeRelay>>,
+        conn: ConnId,
+        behaviour: Behaviour,
+    ) {
+        let check = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+            let bearer = req
+                .headers()
+                .get(AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            if matches!(behaviour, Behaviour::Refuse) || bearer != Some("Bearer good") {
+                let body =
+                    r#"{"error":{"code":"device_revoked","message":"this device was revoked"}}"#;
+                let mut refused = ErrorResponse::new(Some(body.to_owned()));
+                *refused.status_mut() = tungstenite::http::StatusCode::UNAUTHORIZED;
+                return Err(refused);
+            }
+            Ok(resp)
+        };
+        let Ok(ws) = tokio_tungstenite::accept_hdr_async(tcp, check).await else {
+            return;
+        };
+        let (mut tx, mut rx) = ws.split();
+        relay.lock().expect("relay").accept(conn);
+        let mut frames = 0;
+        while let Some(Ok(message)) = rx.next().await {
+            let WsMessage::Binary(bytes) = message else {
+                continue;
+            };
+            frames += 1;
+            if let Behaviour::DropFirstAfter(n) = behaviour {
+                if conn == ConnId(1) && frames > n {
+                    break;
+                }
+            }
+            let replies = relay.lock().expect("relay").receive(conn, &bytes);
+            for (_, frame) in replies {
+                if tx.send(WsMessage::Binary(frame.into())).await.is_err() {
+                    break;
+                }
+            }
+        }
+        relay.lock().expect("relay").disconnected(conn);
+    }
+
+    fn options(addr: SocketAddr, coalition: DocumentId) -> SyncOptions {
+        SyncOptions {
+            server: format!("http://{addr}"),
+            credential: "good".to_owned(),
+            coalitions: vec![coalition],
+            peer_id: PeerId::from("device-1"),
+            storage_id: StorageId::from("device-storage"),
+            settle: Duration::from_millis(100),
+            timeout: Duration::from_secs(20),
+            connect_timeout: Duration::from_secs(5),
+            poll_interval: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(400),
+        }
+    }
+
+    fn heads_of(doc: &mut automerge::AutoCommit) -> Vec<automerge::ChangeHash> {
+        let mut h = doc.get_heads();
+        h.sort();
+        h
+    }
+
+    /// Whether the device's store and the relay hold the same heads for every relay document.
+    fn same_as_relay(store: &mut Store, relay: &Arc<Mutex<FakeRelay>>) -> bool {
+        let mut relay = relay.lock().expect("relay");
+        relay
+            .store
+            .docs
+            .iter_mut()
+            .all(|(id, theirs)| match store.load_doc(id).ok().flatten() {
+                Some(mut mine) => heads_of(&mut mine.doc) == heads_of(theirs),
+                None => false,
+            })
+    }
+
+    #[tokio::test]
+    async fn first_sync_then_a_local_edit_over_a_socket() {
+        tokio::time::timeout(TEST_LIMIT, async {
+            let (relay, id, cast) = demo_relay();
+            let (addr, relay) = start(relay, Behaviour::Serve).await;
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut store = Store::open(dir.path()).expect("store");
+            let opts = options(addr, id);
+
+            let first = sync_once(&mut store, &opts, &mut |_| {})
+                .await
+                .expect("sync");
+            assert_eq!(first.outcome, Outcome::Complete);
+            assert!(first.unsent.is_empty() && first.unanswered.is_empty());
+            assert!(same_as_relay(&mut store, &relay));
+
+            let edited = device_comment(&mut store, &id, &cast.bhmac, "bridge repaired");
+            let second = sync_once(&mut store, &opts, &mut |_| {})
+                .await
+                .expect("sync");
+            assert_eq!(second.outcome, Outcome::Complete);
+            assert!(second.unsent.is_empty());
+            assert!(
+                second.stats.bytes_sent < 4_000,
+                "{} bytes",
+                second.stats.bytes_sent
+            );
+            assert!(same_as_relay(&mut store, &relay));
+            assert!(relay
+                .lock()
+                .expect("relay")
+                .store
+                .docs
+                .contains_key(&edited[0]));
+            assert!(store.meta(keys::LAST_SYNC).expect("meta").is_some());
+        })
+        .await
+        .expect("test timed out");
+    }
+
+    #[tokio::test]
+    async fn a_refused_credential_leaves_the_store_byte_for_byte_unchanged() {
+        tokio::time::timeout(TEST_LIMIT, async {
+            let (relay, id, cast) = demo_relay();
+            let (good, good_relay) = start(relay, Behaviour::Serve).await;
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut store = Store::open(dir.path()).expect("store");
+            sync_once(&mut store, &options(good, id), &mut |_| {})
+                .await
+                .expect("first sync");
+            device_comment(&mut store, &id, &cast.bhmac, "queued offline");
+            let before = dump_documents(store.path());
+
+            let (refusing, _) = start(FakeRelay::new(), Behaviour::Refuse).await;
+            let err = sync_once(&mut store, &options(refusing, id), &mut |_| {})
+                .await
+                .expect_err("refused");
+            match err {
+                SyncError::Connect(ConnectError::Refused {
+                    status,
+                    code,
+                    message,
+                }) => {
+                    assert_eq!(status, 401);
+                    assert_eq!(code, "device_revoked");
+                    assert_eq!(message, "this device was revoked");
+                }
+                other => panic!("unexpected error: {other:?}"),
+            }
+            assert_eq!(dump_documents(store.path()), before);
+            // The queued edit is still there, and still counts as unsent.
+            assert_eq!(
+                crate::transport::status(&store)
+                    .expect("status")
+                    .unsent_documents,
+                1
+            );
+            drop(good_relay);
+        })
+        .await
+        .expect("test timed out");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_link_loses_nothing_and_the_next_sync_finishes() {
+        tokio::time::timeout(TEST_LIMIT, async {
+            let (relay, id, _cast) = demo_relay();
+            let (addr, relay) = start(relay, Behaviour::DropFirstAfter(3)).await;
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut store = Store::open(dir.path()).expect("store");
+            let opts = options(addr, id);
+
+            let cut = sync_once(&mut store, &opts, &mut |_| {})
+                .await
+                .expect("sync");
+            assert!(
+                matches!(cut.outcome, Outcome::LinkLost { .. }),
+                "{:?}",
+                cut.outcome
+            );
+            // What arrived before the drop was stored and loads.
+            let partial = cut.stats.received.len();
+            assert!(partial > 0);
+            for doc in &cut.stats.received {
+                assert!(store.load_doc(doc).expect("load").is_some());
+            }
+
+            let done = sync_once(&mut store, &opts, &mut |_| {})
+                .await
+                .expect("sync");
+            assert_eq!(done.outcome, Outcome::Complete);
+            assert!(same_as_relay(&mut store, &relay));
+            store.load(&id).expect("the whole coalition loads");
+        })
+        .await
+        .expect("test timed out");
+    }
+
+    #[tokio::test]
+    async fn watch_reconnects_and_pushes_edits_from_another_process() {
+        tokio::time::timeout(TEST_LIMIT, async {
+            let (relay, id, cast) = demo_relay();
+            let (addr, relay) = start(relay, Behaviour::DropFirstAfter(3)).await;
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut store = Store::open(dir.path()).expect("store");
+            let opts = options(addr, id);
+
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let mut stop_tx = Some(stop_tx);
+            let mut dropped = 0;
+            let mut edited: Option<DocumentId> = None;
+            let mut pushed = false;
+            let path = dir.path().to_path_buf();
+            let mut on_event = |e: &WatchEvent| match e {
+                WatchEvent::Dropped { .. } => dropped += 1,
+                WatchEvent::Session(SessionEvent::LocalChange { .. }) => pushed = true,
+                WatchEvent::Quiet { unsent: 0 } if dropped > 0 => {
+                    if edited.is_none() {
+                        // Another `coalition` process edits the same store.
+                        let mut other = Store::open(&path).expect("second handle");
+                        let docs =
+                            device_comment(&mut other, &id, &cast.bhmac, "from another process");
+                        edited = docs.first().copied();
+                    } else if pushed {
+                        if let Some(tx) = stop_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                }
+                _ => {}
+            };
+            let stop = async {
+                let _ = stop_rx.await;
+            };
+            let summary = watch(&mut store, &opts, stop, &mut on_event)
+                .await
+                .expect("watch");
+            assert!(dropped >= 1, "the first link was cut");
+            assert!(summary.connections >= 2);
+            let edited = edited.expect("edited");
+            assert!(pushed);
+            assert!(same_as_relay(&mut store, &relay));
+            let mut mine = store.load_doc(&edited).expect("load").expect("doc");
+            let mut relay = relay.lock().expect("relay");
+            let theirs = relay.store.docs.get_mut(&edited).expect("on the relay");
+            assert_eq!(heads_of(&mut mine.doc), heads_of(theirs));
+        })
+        .await
+        .expect("test timed out");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_relay_is_reported() {
+        tokio::time::timeout(TEST_LIMIT, async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            drop(listener);
+            let err = connect(&format!("http://{addr}"), "good", Duration::from_secs(5))
+                .await
+                .expect_err("nothing listens");
+            assert!(matches!(err, ConnectError::Unreachable { .. }), "{err:?}");
+            assert!(err
+                .to_string()
+                .starts_with("cannot reach the relay at ws://127.0.0.1:"));
+        })
+        .await
+        .expect("test timed out");
+    }
+
+    #[test]
+    fn backoff_grows_to_the_cap_with_jitter() {
+        let cap = Duration::from_secs(30);
+        for attempt in 1..40 {
+            let d = backoff(attempt, cap);
+            let ceiling = (Duration::from_millis(500) * 2u32.pow((attempt - 1).min(16))).min(cap);
+            assert!(d >= ceiling / 2 && d <= ceiling, "attempt {attempt}: {d:?}");
+        }
+    }
+}

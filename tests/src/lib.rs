@@ -1,1 +1,0 @@
-//! End-to-end tests of Coalition Sync live in `tests/integration`.
