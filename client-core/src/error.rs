@@ -64,7 +64,7 @@ pub enum EditError {
     #[error("not a coalition document (no kind and coalition at its root)")]
     NotACoalitionDocument,
     /// The coalition did not exist yet at the requested time.
-    #[error("the coalition did not exist yet at unix time {at}")]
+    #[error("the coalition did not exist yet on {}", chrono::DateTime::from_timestamp(*.at, 0).map(|d| d.format("%Y-%m-%d").to_string()).unwrap_or_else(|| at.to_string()))]
     NotYetCreated {
         /// The requested time.
         at: i64,

@@ -1,5 +1,6 @@
 //! End-to-end tests of Coalition Sync: real processes, real stores on disk.
 
+mod cli;
 mod crash;
 mod merge;
 mod support;

@@ -79,8 +79,9 @@ pub enum Command {
     /// Pledges and disbursements (donors).
     #[command(subcommand)]
     Pledge(PledgeCmd),
-    /// Record an in-kind offer (expertise partners).
-    Offer(OfferArgs),
+    /// In-kind offers (expertise partners).
+    #[command(subcommand)]
+    Offer(OfferCmd),
     /// Rewrite a narrative section (ministry, coordinator).
     Narrative(NarrativeArgs),
     /// Comment, field note or meeting decision (every member).
@@ -354,6 +355,27 @@ pub enum TaskCmd {
         #[arg(long)]
         end: Option<String>,
     },
+    /// Edit a task (NMAC).
+    Edit {
+        /// Task id.
+        #[arg(long)]
+        id: String,
+        /// Operator member id.
+        #[arg(long)]
+        operator: Option<String>,
+        /// Method.
+        #[arg(long)]
+        method: Option<Method>,
+        /// Display code.
+        #[arg(long)]
+        code: Option<String>,
+        /// Planned start.
+        #[arg(long)]
+        start: Option<String>,
+        /// Planned end.
+        #[arg(long)]
+        end: Option<String>,
+    },
     /// Report progress on your task (operator).
     Progress {
         /// Task id.
@@ -460,6 +482,27 @@ pub enum StockpileCmd {
         /// Transferred.
         #[arg(long, default_value_t = 0)]
         transferred: i64,
+    },
+    /// Edit a stockpile line.
+    Edit {
+        /// Line id.
+        #[arg(long)]
+        id: String,
+        /// Munition type.
+        #[arg(long = "type")]
+        munition_type: Option<String>,
+        /// Declared.
+        #[arg(long)]
+        declared: Option<i64>,
+        /// Submunitions.
+        #[arg(long)]
+        submunitions: Option<i64>,
+        /// Retained for training.
+        #[arg(long)]
+        retained: Option<i64>,
+        /// Transferred.
+        #[arg(long)]
+        transferred: Option<i64>,
     },
     /// Record a destruction event.
     Destroy {
@@ -570,6 +613,33 @@ pub enum PledgeCmd {
         #[arg(long, default_value = "announced")]
         status: PledgeStatus,
     },
+    /// Edit a pledge's terms (your own).
+    Edit {
+        /// Pledge id.
+        #[arg(long)]
+        id: String,
+        /// Amount, whole units.
+        #[arg(long)]
+        amount: Option<i64>,
+        /// ISO 4217.
+        #[arg(long)]
+        currency: Option<String>,
+        /// Pillar.
+        #[arg(long)]
+        pillar: Option<Pillar>,
+        /// First year.
+        #[arg(long)]
+        from: Option<i64>,
+        /// Last year.
+        #[arg(long)]
+        to: Option<i64>,
+        /// The need it answers.
+        #[arg(long)]
+        need: Option<String>,
+        /// Channel.
+        #[arg(long)]
+        channel: Option<String>,
+    },
     /// Move a pledge forward (committed, disbursed) or cancel it.
     Status {
         /// Pledge id.
@@ -598,6 +668,35 @@ pub enum PledgeCmd {
         date: String,
     },
     /// List pledges.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OfferCmd {
+    /// Record an offer.
+    Add(OfferArgs),
+    /// Edit one of your offers.
+    Edit {
+        /// Offer id.
+        #[arg(long)]
+        id: String,
+        /// What is offered.
+        #[arg(long)]
+        expertise: Option<String>,
+        /// Person-days.
+        #[arg(long)]
+        days: Option<i64>,
+        /// Value.
+        #[arg(long)]
+        value: Option<i64>,
+        /// ISO 4217.
+        #[arg(long)]
+        currency: Option<String>,
+        /// Year.
+        #[arg(long)]
+        year: Option<i64>,
+    },
+    /// List offers.
     List,
 }
 

@@ -340,6 +340,23 @@ fn dispatch(ctx: &mut Ctx, command: Command) -> Result<()> {
             retained,
             transferred,
         })),
+        Command::Stockpile(StockpileCmd::Edit {
+            id,
+            munition_type,
+            declared,
+            submunitions,
+            retained,
+            transferred,
+        }) => {
+            let mut l: StockpileLine =
+                require(ctx, DocKind::Plan, keys::STOCKPILE, &id, "stockpile line")?;
+            set(&mut l.munition_type, munition_type);
+            set(&mut l.declared, declared);
+            set(&mut l.declared_submunitions, submunitions);
+            set(&mut l.retained, retained);
+            set(&mut l.transferred, transferred);
+            ctx.edit(Edit::PutStockpileLine(l))
+        }
         Command::Stockpile(StockpileCmd::Destroy {
             line,
             date,
@@ -374,20 +391,7 @@ fn dispatch(ctx: &mut Ctx, command: Command) -> Result<()> {
         }
         Command::Need(cmd) => need(ctx, cmd),
         Command::Pledge(cmd) => pledge(ctx, cmd),
-        Command::Offer(a) => {
-            let who = ctx.identity()?;
-            ctx.edit(Edit::PutOffer(InKindOffer {
-                id: ids::new_entity_id(),
-                partner: who.org,
-                need_id: a.need,
-                pillar: a.pillar,
-                expertise: a.expertise,
-                person_days: a.days,
-                value: a.value,
-                currency: a.currency,
-                year: a.year,
-            }))
-        }
+        Command::Offer(cmd) => offer(ctx, cmd),
         Command::Narrative(a) => {
             let text = match (a.text, a.file) {
                 (Some(t), _) => t,
@@ -744,6 +748,22 @@ fn task(ctx: &mut Ctx, cmd: TaskCmd) -> Result<()> {
                 planned_end: end,
             }))
         }
+        TaskCmd::Edit {
+            id,
+            operator,
+            method,
+            code,
+            start,
+            end,
+        } => {
+            let mut t: Task = require(ctx, DocKind::Plan, keys::TASKS, &id, "task")?;
+            set(&mut t.operator, operator);
+            set(&mut t.method, method);
+            set(&mut t.code, code);
+            set(&mut t.planned_start, start.map(Some));
+            set(&mut t.planned_end, end.map(Some));
+            ctx.edit(Edit::PutTask(t))
+        }
         TaskCmd::Progress {
             task,
             status,
@@ -767,6 +787,46 @@ fn task(ctx: &mut Ctx, cmd: TaskCmd) -> Result<()> {
             let coalition = ctx.load()?;
             let state = State::of(&coalition)?;
             ctx.print(&state.tasks, || render::tasks(&state))
+        }
+    }
+}
+
+fn offer(ctx: &mut Ctx, cmd: OfferCmd) -> Result<()> {
+    match cmd {
+        OfferCmd::Add(a) => {
+            let who = ctx.identity()?;
+            ctx.edit(Edit::PutOffer(InKindOffer {
+                id: ids::new_entity_id(),
+                partner: who.org,
+                need_id: a.need,
+                pillar: a.pillar,
+                expertise: a.expertise,
+                person_days: a.days,
+                value: a.value,
+                currency: a.currency,
+                year: a.year,
+            }))
+        }
+        OfferCmd::Edit {
+            id,
+            expertise,
+            days,
+            value,
+            currency,
+            year,
+        } => {
+            let mut o: InKindOffer = require(ctx, DocKind::Partner, keys::OFFERS, &id, "offer")?;
+            set(&mut o.expertise, expertise);
+            set(&mut o.person_days, days);
+            set(&mut o.value, value);
+            set(&mut o.currency, currency);
+            set(&mut o.year, year);
+            ctx.edit(Edit::PutOffer(o))
+        }
+        OfferCmd::List => {
+            let coalition = ctx.load()?;
+            let state = State::of(&coalition)?;
+            ctx.print(&state.offers, || render::offers(&state))
         }
     }
 }
@@ -841,6 +901,26 @@ fn pledge(ctx: &mut Ctx, cmd: PledgeCmd) -> Result<()> {
                 status,
                 committed_on,
             }))
+        }
+        PledgeCmd::Edit {
+            id,
+            amount,
+            currency,
+            pillar,
+            from,
+            to,
+            need,
+            channel,
+        } => {
+            let mut p: Pledge = require(ctx, DocKind::Partner, keys::PLEDGES, &id, "pledge")?;
+            set(&mut p.amount, amount);
+            set(&mut p.currency, currency);
+            set(&mut p.pillar, pillar);
+            set(&mut p.start_year, from);
+            set(&mut p.end_year, to);
+            set(&mut p.need_id, need.map(Some));
+            set(&mut p.channel, channel);
+            ctx.edit(Edit::PutPledge(p))
         }
         PledgeCmd::Status { id, status, date } => {
             let mut p: Pledge = require(ctx, DocKind::Partner, keys::PLEDGES, &id, "pledge")?;

@@ -191,6 +191,25 @@ pub fn pledges(state: &State) -> String {
     s
 }
 
+pub fn offers(state: &State) -> String {
+    let mut s = String::new();
+    for o in state.offers.values() {
+        let _ = writeln!(
+            s,
+            "{} {:<10} {:<17} {} {:>4} days {:>10} {}  {}",
+            o.id,
+            o.partner,
+            o.pillar,
+            o.year,
+            o.person_days,
+            n(o.value),
+            o.currency,
+            o.expertise
+        );
+    }
+    s
+}
+
 pub fn comments(list: &[Comment]) -> String {
     let mut s = String::new();
     for c in list {

@@ -1,0 +1,982 @@
+//! The sync hub: one thread that owns the [`SyncEngine`], the documents in memory and the
+//! document store, and carries out the engine's actions.
+//!
+//! WebSocket tasks only move frames: they send [`Event`]s to the hub over a bounded channel
+//! and write what the hub puts in their outbox. Keeping the engine, the documents and SQLite
+//! on one dedicated thread keeps blocking work off the async workers and needs no locks.
+//!
+//! # Durability
+//!
+//! The hub works in batches: it takes every event already waiting (up to [`MAX_BATCH`]),
+//! feeds them to the engine, and holds back every frame the engine wants to send. At the end
+//! of the batch it saves every document that changed in **one** transaction, and only once
+//! that returned sends the frames. So nothing that reflects a change (an acknowledgement, a
+//! forward to another peer) leaves the relay before the change is durable, and under load
+//! many peers' changes share one fsync.
+//!
+//! # Access
+//!
+//! A connection belongs to an enrolled device, which may sync the documents of its
+//! coalitions: the documents stored with one of them (the manifest and what it lists). The
+//! hub checks every message naming a document before the engine sees it; anything else gets
+//! `doc-unavailable`, exactly as a missing document. A document the store does not know and
+//! the peer brings data for is held provisionally for that connection alone; once its first
+//! changes arrive its root must describe it as a non-manifest document of one of the device's
+//! coalitions, or it is dropped and refused.
+//!
+//! # Memory
+//!
+//! At most `max_docs` documents stay loaded: after each batch the least recently used ones
+//! that no open connection syncs are unloaded (the engine forgets them, their sync states are
+//! persisted already). Documents that live connections sync are never unloaded, since the
+//! engine would stop forwarding changes of them; the bound may be exceeded while they are.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use automerge::AutoCommit;
+use coalition_core::coalition::describe;
+use coalition_core::model::DocKind;
+use coalition_core::store::{DocRecord, Store, COMPACT_AFTER};
+use coalition_core::sync::message::{DocUnavailableMessage, ErrorMessage};
+use coalition_core::sync::{
+    Action, ConnId, DisconnectReason, DocumentId, DocumentSource, EngineConfig, Message, StorageId,
+    SyncEngine,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::auth::DeviceAuth;
+use crate::metrics::Metrics;
+
+/// At most this many events are handled between two saves.
+pub const MAX_BATCH: usize = 256;
+
+/// Frames that may wait for one slow connection before the hub drops it.
+pub const OUTBOX_CAPACITY: usize = 1024;
+
+/// How often the hub compacts stored documents.
+const COMPACT_EVERY: Duration = Duration::from_secs(300);
+
+/// WebSocket close code for a policy refusal (revoked device).
+pub const CLOSE_POLICY: u16 = 1008;
+/// WebSocket close code for a protocol error.
+pub const CLOSE_PROTOCOL: u16 = 1002;
+/// WebSocket close code for a relay-side failure.
+pub const CLOSE_INTERNAL: u16 = 1011;
+/// WebSocket close code for a relay going away.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// WebSocket close code for a normal close.
+pub const CLOSE_NORMAL: u16 = 1000;
+
+/// The WebSocket close code and reason for an engine disconnect. Reasons are short and fixed:
+/// a close frame holds at most 123 bytes, and the peer's own error text is not echoed back.
+fn close_for(reason: &DisconnectReason) -> (u16, &'static str) {
+    match reason {
+        DisconnectReason::HandshakeTimeout => (CLOSE_PROTOCOL, "handshake timed out"),
+        DisconnectReason::UnsupportedProtocolVersion => {
+            (CLOSE_PROTOCOL, "unsupported protocol version")
+        }
+        DisconnectReason::ProtocolViolation => (CLOSE_PROTOCOL, "protocol violation"),
+        DisconnectReason::RemoteError(_) => (CLOSE_NORMAL, "peer reported an error"),
+        DisconnectReason::PeerLeft => (CLOSE_NORMAL, "peer left"),
+        DisconnectReason::Replaced => (CLOSE_NORMAL, "replaced by a newer connection"),
+        _ => (CLOSE_NORMAL, "closed"),
+    }
+}
+
+/// What a connection task or the server tells the hub.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// An authenticated WebSocket was accepted.
+    Open {
+        /// Its id.
+        conn: ConnId,
+        /// The device behind it.
+        device: Arc<DeviceAuth>,
+        /// Where the hub puts frames for it.
+        outbox: mpsc::Sender<Outgoing>,
+    },
+    /// A frame arrived.
+    Frame {
+        /// The connection.
+        conn: ConnId,
+        /// Its bytes.
+        bytes: Vec<u8>,
+    },
+    /// The socket closed.
+    Closed {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// These devices were revoked: close their connections now.
+    Revoked {
+        /// The device ids.
+        devices: BTreeSet<String>,
+    },
+    /// Time passed (handshake timeouts, compaction).
+    Tick,
+    /// Close every connection, flush, close the store, then answer.
+    Shutdown {
+        /// Answered once the store is closed.
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// What the hub asks a connection task to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outgoing {
+    /// Send this binary frame.
+    Frame(Vec<u8>),
+    /// Send a close frame and stop.
+    Close {
+        /// WebSocket close code.
+        code: u16,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A handle to send events to the hub.
+#[derive(Clone, Debug)]
+pub struct HubHandle {
+    tx: mpsc::Sender<Event>,
+}
+
+impl HubHandle {
+    /// Send an event; false if the hub has stopped.
+    pub async fn send(&self, event: Event) -> bool {
+        self.tx.send(event).await.is_ok()
+    }
+
+    /// Ask the hub to close everything and wait until it has.
+    pub async fn shutdown(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Event::Shutdown { done }).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+/// Where the hub stands towards one stored or provisional document.
+#[derive(Debug, Clone)]
+struct DocMeta {
+    coalition: DocumentId,
+    coalition_text: String,
+    kind: DocKind,
+    owner: Option<String>,
+}
+
+struct Loaded {
+    doc: AutoCommit,
+    last_use: u64,
+}
+
+/// What the store has of a document.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Lookup {
+    /// Stored, and now loaded.
+    Stored,
+    /// Not stored.
+    Missing,
+    /// Stored but unreadable.
+    Failed,
+}
+
+/// The documents in memory and the store behind them.
+struct Docs {
+    store: Store,
+    loaded: HashMap<DocumentId, Loaded>,
+    /// What the store says of each document the hub has seen (kept after unloading: small).
+    meta: HashMap<DocumentId, DocMeta>,
+    /// Documents pushed by a connection and not yet accepted, by the connection.
+    provisional: HashMap<DocumentId, ConnId>,
+    clock: u64,
+}
+
+impl DocumentSource for Docs {
+    fn get_mut(&mut self, doc_id: &DocumentId) -> Option<&mut AutoCommit> {
+        self.loaded.get_mut(doc_id).map(|l| &mut l.doc)
+    }
+
+    fn load_sync_state(&mut self, doc_id: &DocumentId, peer: &StorageId) -> Option<Vec<u8>> {
+        match self.store.sync_state(doc_id, peer.as_str()) {
+            Ok(state) => state,
+            Err(error) => {
+                tracing::warn!(%doc_id, %error, "cannot read a sync state; starting afresh");
+                None
+            }
+        }
+    }
+}
+
+impl Docs {
+    fn touch(&mut self, doc_id: &DocumentId) {
+        self.clock += 1;
+        if let Some(l) = self.loaded.get_mut(doc_id) {
+            l.last_use = self.clock;
+        }
+    }
+
+    /// Load a document from the store if it is there and not loaded yet.
+    fn ensure_loaded(&mut self, doc_id: &DocumentId) -> Lookup {
+        if self.loaded.contains_key(doc_id) {
+            return if self.meta.contains_key(doc_id) {
+                Lookup::Stored
+            } else {
+                Lookup::Missing
+            };
+        }
+        match self.store.load_doc(doc_id) {
+            Ok(Some(stored)) => {
+                let Ok(coalition) = stored.coalition.parse::<DocumentId>() else {
+                    tracing::error!(%doc_id, coalition = %stored.coalition, "stored document names a bad coalition id");
+                    return Lookup::Failed;
+                };
+                self.meta.insert(
+                    *doc_id,
+                    DocMeta {
+                        coalition,
+                        coalition_text: stored.coalition,
+                        kind: stored.kind,
+                        owner: stored.owner,
+                    },
+                );
+                self.clock += 1;
+                self.loaded.insert(
+                    *doc_id,
+                    Loaded {
+                        doc: stored.doc,
+                        last_use: self.clock,
+                    },
+                );
+                Lookup::Stored
+            }
+            Ok(None) => Lookup::Missing,
+            Err(error) => {
+                // Never let a peer's copy stand in for a stored document that fails to load:
+                // the stored bytes stay untouched for an operator to look at.
+                tracing::error!(%doc_id, %error, "cannot load a document");
+                Lookup::Failed
+            }
+        }
+    }
+
+    fn unload(&mut self, doc_id: &DocumentId) {
+        self.loaded.remove(doc_id);
+        self.store.forget(doc_id);
+    }
+}
+
+/// Per connection state the hub keeps besides the engine's.
+struct ConnInfo {
+    device: Arc<DeviceAuth>,
+    outbox: mpsc::Sender<Outgoing>,
+    /// Documents this connection has synced (they stay loaded while it is open).
+    docs: HashSet<DocumentId>,
+    /// Documents refused to this connection (pushed for a coalition it is not in).
+    refused: HashSet<DocumentId>,
+    /// A close was queued; further frames are ignored.
+    closing: bool,
+}
+
+/// What one batch holds back until its documents are saved.
+#[derive(Default)]
+struct Batch {
+    /// Frames and closes, in order, with the document each frame is about.
+    out: Vec<(ConnId, Option<DocumentId>, Outgoing)>,
+    /// Documents changed by peers in this batch.
+    changed: BTreeSet<DocumentId>,
+    /// Sync states to persist: the last one per document and peer storage id wins.
+    sync_states: HashMap<(DocumentId, String), Vec<u8>>,
+    /// Connections whose frames were handled in this batch.
+    sources: BTreeSet<ConnId>,
+    /// Documents refused in this batch: nothing more is sent about them.
+    refused: HashSet<DocumentId>,
+    /// Heads of documents before this batch changed them, to find the new changes' actors.
+    heads_before: HashMap<DocumentId, (ConnId, Vec<automerge::ChangeHash>)>,
+}
+
+/// An actor seen in a connection's changes, for the auth database.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SeenActor {
+    /// The actor, hex.
+    pub actor: String,
+    /// The device whose connection brought it.
+    pub device_id: String,
+}
+
+/// How the hub is set up.
+pub struct HubConfig {
+    /// The engine's identity and limits.
+    pub engine: EngineConfig,
+    /// How many documents to keep in memory (see the module docs).
+    pub max_docs: usize,
+}
+
+/// The hub's state; see the [module documentation](self).
+pub struct Hub {
+    engine: SyncEngine,
+    docs: Docs,
+    conns: HashMap<ConnId, ConnInfo>,
+    metrics: Arc<Metrics>,
+    max_docs: usize,
+    last_compact: Instant,
+    /// Actors already reported, so each is sent to the auth database once.
+    known_actors: HashSet<String>,
+    actors_tx: Option<mpsc::UnboundedSender<SeenActor>>,
+    /// Devices revoked while the hub runs: a connection authenticated just before its
+    /// device's revocation and opened just after is closed too.
+    revoked: HashSet<String>,
+}
+
+/// Start the hub on its own thread. `actors` receives every actor first seen in a device's
+/// changes (the server binds it to the device in `auth.db`).
+pub fn spawn(
+    config: HubConfig,
+    store: Store,
+    metrics: Arc<Metrics>,
+    actors: Option<mpsc::UnboundedSender<SeenActor>>,
+) -> std::io::Result<(HubHandle, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+    let hub = Hub {
+        engine: SyncEngine::new(config.engine),
+        docs: Docs {
+            store,
+            loaded: HashMap::new(),
+            meta: HashMap::new(),
+            provisional: HashMap::new(),
+            clock: 0,
+        },
+        conns: HashMap::new(),
+        metrics,
+        max_docs: config.max_docs.max(1),
+        last_compact: Instant::now(),
+        known_actors: HashSet::new(),
+        actors_tx: actors,
+        revoked: HashSet::new(),
+    };
+    let thread = std::thread::Builder::new()
+        .name("coalition-sync-hub".into())
+        .spawn(move || hub.run(rx))?;
+    Ok((HubHandle { tx }, thread))
+}
+
+impl Hub {
+    fn run(mut self, mut rx: mpsc::Receiver<Event>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut batch = Batch::default();
+            let mut shutdown = None;
+            let mut next = Some(first);
+            let mut handled = 0;
+            while let Some(event) = next.take() {
+                if let Event::Shutdown { done } = event {
+                    shutdown = Some(done);
+                    break;
+                }
+                self.handle(event, &mut batch);
+                handled += 1;
+                if handled < MAX_BATCH {
+                    next = rx.try_recv().ok();
+                }
+            }
+            self.commit(batch);
+            self.evict();
+            if let Some(done) = shutdown {
+                self.close_all();
+                rx.close();
+                let Hub { docs, .. } = self;
+                if let Err(error) = docs.store.close() {
+                    tracing::error!(%error, "closing the document store");
+                }
+                let _ = done.send(());
+                tracing::info!("sync hub stopped");
+                return;
+            }
+        }
+    }
+
+    fn handle(&mut self, event: Event, batch: &mut Batch) {
+        match event {
+            Event::Open {
+                conn,
+                device,
+                outbox,
+            } => {
+                if self.revoked.contains(&device.device_id) {
+                    let _ = outbox.try_send(Outgoing::Close {
+                        code: CLOSE_POLICY,
+                        reason: "device revoked".into(),
+                    });
+                    return;
+                }
+                self.engine.accept(conn, Instant::now());
+                self.conns.insert(
+                    conn,
+                    ConnInfo {
+                        device,
+                        outbox,
+                        docs: HashSet::new(),
+                        refused: HashSet::new(),
+                        closing: false,
+                    },
+                );
+            }
+            Event::Frame { conn, bytes } => self.on_frame(conn, bytes, batch),
+            Event::Closed { conn } => self.on_closed(conn, batch),
+            Event::Revoked { devices } => {
+                self.revoked.extend(devices.iter().cloned());
+                let doomed: Vec<ConnId> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| devices.contains(&c.device.device_id))
+                    .map(|(conn, _)| *conn)
+                    .collect();
+                for conn in doomed {
+                    tracing::info!(%conn, "closing the connection of a revoked device");
+                    let peer = self.remote_peer(conn);
+                    batch.out.push((
+                        conn,
+                        None,
+                        Outgoing::Frame(
+                            Message::Error(ErrorMessage {
+                                message: "device_revoked: this device was revoked".into(),
+                                sender_id: Some(self.engine.peer_id().clone()),
+                                target_id: peer,
+                            })
+                            .encode(),
+                        ),
+                    ));
+                    self.close(conn, CLOSE_POLICY, "device revoked", batch);
+                }
+            }
+            Event::Tick => {
+                let actions = self.engine.handle_timeout(Instant::now());
+                self.perform(actions, batch);
+                if self.last_compact.elapsed() >= COMPACT_EVERY {
+                    self.last_compact = Instant::now();
+                    match self.docs.store.compact(COMPACT_AFTER) {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(documents = n, "compacted"),
+                        Err(error) => tracing::warn!(%error, "compaction failed"),
+                    }
+                }
+            }
+            Event::Shutdown { .. } => {}
+        }
+    }
+
+    fn remote_peer(&self, conn: ConnId) -> Option<coalition_core::sync::PeerId> {
+        self.engine
+            .peers()
+            .find(|(c, _, _)| *c == conn)
+            .map(|(_, id, _)| id.clone())
+    }
+
+    /// Queue a close and stop syncing with the connection at once.
+    fn close(&mut self, conn: ConnId, code: u16, reason: &str, batch: &mut Batch) {
+        let Some(info) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if info.closing {
+            return;
+        }
+        info.closing = true;
+        batch.out.push((
+            conn,
+            None,
+            Outgoing::Close {
+                code,
+                reason: reason.to_string(),
+            },
+        ));
+        let actions = self.engine.peer_disconnected(conn, &mut self.docs);
+        self.perform(actions, batch);
+    }
+
+    fn on_closed(&mut self, conn: ConnId, batch: &mut Batch) {
+        let actions = self.engine.peer_disconnected(conn, &mut self.docs);
+        self.perform(actions, batch);
+        self.conns.remove(&conn);
+        // Documents this connection pushed and that were never accepted go with it.
+        let orphans: Vec<DocumentId> = self
+            .docs
+            .provisional
+            .iter()
+            .filter(|(_, owner)| **owner == conn)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in orphans {
+            self.docs.provisional.remove(&id);
+            self.engine.forget_doc(id);
+            self.docs.unload(&id);
+        }
+    }
+
+    fn on_frame(&mut self, conn: ConnId, bytes: Vec<u8>, batch: &mut Batch) {
+        let Some(info) = self.conns.get(&conn) else {
+            return;
+        };
+        if info.closing {
+            return;
+        }
+        self.metrics.messages_in.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .bytes_in
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        batch.sources.insert(conn);
+        let message = match Message::decode(&bytes) {
+            Ok(message) => message,
+            Err(_) => {
+                // The engine turns a bad frame into an `error` and a close, or ignores an
+                // unknown type; it decodes again, which only costs on this rare path.
+                let actions =
+                    self.engine
+                        .receive_bytes(conn, &bytes, Instant::now(), &mut self.docs);
+                self.perform(actions, batch);
+                return;
+            }
+        };
+        let doc_id = message.document_id();
+        if let Some(doc_id) = doc_id {
+            if !self.admit(conn, doc_id, &message, batch) {
+                return;
+            }
+            if let Some(l) = self.docs.loaded.get_mut(&doc_id) {
+                batch
+                    .heads_before
+                    .entry(doc_id)
+                    .or_insert_with(|| (conn, l.doc.get_heads()));
+            }
+        }
+        if matches!(message, Message::Sync(_) | Message::Request(_)) {
+            self.metrics.sync_rounds.fetch_add(1, Ordering::Relaxed);
+        }
+        let engine = &mut self.engine;
+        let docs = &mut self.docs;
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            engine.receive(conn, message, Instant::now(), docs)
+        }));
+        match result {
+            Ok(actions) => self.perform(actions, batch),
+            Err(_) => {
+                // A bug (in the engine or automerge) met this peer's input. The document it
+                // touched may be half-applied: unload it so it reloads from storage, and drop
+                // the peer; everyone else keeps going.
+                self.metrics.panics.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%conn, doc = ?doc_id, "handling a frame panicked; closing the connection");
+                if let Some(doc_id) = doc_id {
+                    batch.changed.remove(&doc_id);
+                    self.engine.forget_doc(doc_id);
+                    self.docs.provisional.remove(&doc_id);
+                    self.docs.unload(&doc_id);
+                }
+                self.close(conn, CLOSE_INTERNAL, "internal error", batch);
+            }
+        }
+    }
+
+    /// May this connection's message about `doc_id` reach the engine? Answers
+    /// `doc-unavailable` itself when not.
+    fn admit(
+        &mut self,
+        conn: ConnId,
+        doc_id: DocumentId,
+        message: &Message,
+        batch: &mut Batch,
+    ) -> bool {
+        let (coalitions, refused) = match self.conns.get(&conn) {
+            Some(info) => (
+                info.device.coalitions.clone(),
+                info.refused.contains(&doc_id),
+            ),
+            None => return false,
+        };
+        let is_sync = matches!(message, Message::Sync(_) | Message::Request(_));
+        let allowed = if refused {
+            false
+        } else if let Some(owner) = self.docs.provisional.get(&doc_id) {
+            *owner == conn
+        } else {
+            match self.docs.ensure_loaded(&doc_id) {
+                Lookup::Stored => self
+                    .docs
+                    .meta
+                    .get(&doc_id)
+                    .is_some_and(|m| coalitions.contains(&m.coalition)),
+                Lookup::Failed => false,
+                Lookup::Missing => Self::brings_data(message),
+            }
+        };
+        if allowed {
+            self.docs.touch(&doc_id);
+            if let Some(info) = self.conns.get_mut(&conn) {
+                info.docs.insert(doc_id);
+            }
+            return true;
+        }
+        if is_sync {
+            self.send_unavailable(conn, doc_id, batch);
+        }
+        false
+    }
+
+    /// Unknown here: only a peer that brings data may create a document (the engine then asks
+    /// us with `DocumentRequested`); a plain request is answered like a missing document.
+    fn brings_data(message: &Message) -> bool {
+        match message {
+            Message::Sync(m) | Message::Request(m) => {
+                automerge::sync::Message::decode(&m.data).is_ok_and(|s| !s.heads.is_empty())
+            }
+            _ => false,
+        }
+    }
+
+    fn send_unavailable(&mut self, conn: ConnId, doc_id: DocumentId, batch: &mut Batch) {
+        if let Some(target_id) = self.remote_peer(conn) {
+            batch.out.push((
+                conn,
+                Some(doc_id),
+                Outgoing::Frame(
+                    Message::DocUnavailable(DocUnavailableMessage {
+                        sender_id: self.engine.peer_id().clone(),
+                        target_id,
+                        document_id: doc_id,
+                    })
+                    .encode(),
+                ),
+            ));
+        }
+    }
+
+    fn perform(&mut self, actions: Vec<Action>, batch: &mut Batch) {
+        for action in actions {
+            match action {
+                Action::Send { conn, message } => {
+                    let doc = message.document_id();
+                    if doc.is_some_and(|d| batch.refused.contains(&d)) {
+                        continue;
+                    }
+                    batch
+                        .out
+                        .push((conn, doc, Outgoing::Frame(message.encode())));
+                }
+                Action::Disconnect { conn, reason } => {
+                    tracing::info!(%conn, ?reason, "engine closed the connection");
+                    let (code, text) = close_for(&reason);
+                    if let Some(info) = self.conns.get_mut(&conn) {
+                        if !info.closing {
+                            info.closing = true;
+                            batch.out.push((
+                                conn,
+                                None,
+                                Outgoing::Close {
+                                    code,
+                                    reason: text.to_string(),
+                                },
+                            ));
+                        }
+                    }
+                }
+                Action::PeerConnected {
+                    conn,
+                    peer_id,
+                    metadata,
+                } => {
+                    tracing::info!(%conn, %peer_id, storage_id = ?metadata.storage_id, "peer connected");
+                }
+                Action::DocumentChanged { doc_id } => self.on_changed(doc_id, batch),
+                Action::PersistSyncState {
+                    doc_id,
+                    peer_storage_id,
+                    bytes,
+                } => {
+                    if !batch.refused.contains(&doc_id)
+                        && !self.docs.provisional.contains_key(&doc_id)
+                    {
+                        batch
+                            .sync_states
+                            .insert((doc_id, peer_storage_id.as_str().to_string()), bytes);
+                    }
+                }
+                Action::DocumentRequested {
+                    doc_id,
+                    conn,
+                    peer_has_data,
+                } => {
+                    let lookup = self.docs.ensure_loaded(&doc_id);
+                    let more = if lookup == Lookup::Stored {
+                        self.engine.doc_loaded(doc_id, &mut self.docs)
+                    } else if lookup == Lookup::Missing
+                        && peer_has_data
+                        && self.conns.contains_key(&conn)
+                    {
+                        // A new document: held for this connection until its content shows
+                        // where it belongs (see `on_changed`).
+                        self.docs.clock += 1;
+                        self.docs.loaded.insert(
+                            doc_id,
+                            Loaded {
+                                doc: AutoCommit::new(),
+                                last_use: self.docs.clock,
+                            },
+                        );
+                        self.docs.provisional.insert(doc_id, conn);
+                        batch.heads_before.insert(doc_id, (conn, Vec::new()));
+                        self.engine.doc_loaded(doc_id, &mut self.docs)
+                    } else {
+                        self.engine.doc_unavailable(doc_id)
+                    };
+                    self.perform(more, batch);
+                }
+                Action::DocumentUnavailable { doc_id } => {
+                    tracing::debug!(%doc_id, "document unavailable from peers");
+                }
+                Action::Ephemeral { .. } => {}
+                Action::Error { conn, error } => {
+                    tracing::warn!(conn = ?conn, error = %error, source = ?std::error::Error::source(&error), "sync error");
+                }
+                other => tracing::debug!(?other, "unhandled engine action"),
+            }
+        }
+    }
+
+    /// A peer changed a document: decide on a provisional one, and mark it for saving.
+    fn on_changed(&mut self, doc_id: DocumentId, batch: &mut Batch) {
+        let Some(owner) = self.docs.provisional.get(&doc_id).copied() else {
+            batch.changed.insert(doc_id);
+            return;
+        };
+        let device = self.conns.get(&owner).map(|c| c.device.clone());
+        let verdict = match (self.docs.loaded.get(&doc_id), device) {
+            (Some(l), Some(device)) => match describe(&l.doc) {
+                Ok((kind, doc_owner, coalition_text)) => match coalition_text.parse::<DocumentId>()
+                {
+                    Ok(coalition) if kind == DocKind::Manifest => Err(format!(
+                        "a new manifest is a new coalition (coalition {coalition})"
+                    )),
+                    Ok(coalition) if device.coalitions.contains(&coalition) => Ok(DocMeta {
+                        coalition,
+                        coalition_text,
+                        kind,
+                        owner: doc_owner,
+                    }),
+                    Ok(coalition) => {
+                        Err(format!("device is not a member of coalition {coalition}"))
+                    }
+                    Err(_) => Err(format!("bad coalition id `{coalition_text}`")),
+                },
+                Err(error) => Err(error.to_string()),
+            },
+            _ => Err("connection gone".into()),
+        };
+        match verdict {
+            Ok(meta) => {
+                tracing::info!(%doc_id, coalition = %meta.coalition, kind = %meta.kind, "accepted a new document");
+                self.docs.provisional.remove(&doc_id);
+                self.docs.meta.insert(doc_id, meta);
+                batch.changed.insert(doc_id);
+            }
+            Err(why) => {
+                tracing::warn!(%doc_id, conn = %owner, %why, "refused a new document");
+                self.metrics
+                    .documents_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                self.docs.provisional.remove(&doc_id);
+                self.engine.forget_doc(doc_id);
+                self.docs.unload(&doc_id);
+                batch.refused.insert(doc_id);
+                batch.heads_before.remove(&doc_id);
+                if let Some(info) = self.conns.get_mut(&owner) {
+                    info.refused.insert(doc_id);
+                    info.docs.remove(&doc_id);
+                }
+                self.send_unavailable(owner, doc_id, batch);
+            }
+        }
+    }
+
+    /// Save what changed (one transaction), then send what was held back.
+    fn commit(&mut self, mut batch: Batch) {
+        let mut saved = true;
+        if !batch.changed.is_empty() {
+            self.record_actors(&batch);
+            let started = Instant::now();
+            let Docs {
+                store,
+                loaded,
+                meta,
+                ..
+            } = &mut self.docs;
+            let records: Vec<DocRecord<'_>> = loaded
+                .iter_mut()
+                .filter(|(id, _)| batch.changed.contains(id))
+                .filter_map(|(id, l)| {
+                    let m = meta.get(id)?;
+                    Some(DocRecord {
+                        id: *id,
+                        coalition: &m.coalition_text,
+                        kind: m.kind,
+                        owner: m.owner.as_deref(),
+                        doc: &mut l.doc,
+                    })
+                })
+                .collect();
+            let count = records.len() as u64;
+            match store.save_docs(records) {
+                Ok(()) => {
+                    self.metrics.observe_write(started.elapsed());
+                    self.metrics
+                        .documents_saved
+                        .fetch_add(count, Ordering::Relaxed);
+                }
+                Err(error) => {
+                    tracing::error!(%error, "saving documents failed; nothing that reflects them is sent");
+                    saved = false;
+                }
+            }
+        }
+        if saved {
+            for ((doc_id, peer), bytes) in &batch.sync_states {
+                if let Err(error) = self.docs.store.put_sync_state(doc_id, peer, bytes) {
+                    // Only costs bytes on the next reconnect; the documents are safe.
+                    tracing::warn!(%doc_id, %error, "cannot persist a sync state");
+                }
+            }
+        } else {
+            // The changes are only in memory: forget them (peers still have them and will
+            // send them again), and drop every frame about them. Connections that lose frames
+            // are closed, so that they resync from a clean state when they come back.
+            let changed = std::mem::take(&mut batch.changed);
+            for id in &changed {
+                self.engine.forget_doc(*id);
+                self.docs.unload(id);
+            }
+            let mut cut = BTreeSet::new();
+            batch.out.retain(|(conn, doc, _)| {
+                let keep = !doc.is_some_and(|d| changed.contains(&d));
+                if !keep {
+                    cut.insert(*conn);
+                }
+                keep
+            });
+            cut.extend(batch.sources.iter().copied());
+            let mut tail = Batch::default();
+            for conn in cut {
+                self.close(
+                    conn,
+                    CLOSE_INTERNAL,
+                    "relay storage failure; retry later",
+                    &mut tail,
+                );
+            }
+            batch.out.extend(tail.out);
+        }
+        self.dispatch(batch.out);
+        self.metrics
+            .documents_loaded
+            .store(self.docs.loaded.len() as i64, Ordering::Relaxed);
+    }
+
+    fn dispatch(&mut self, out: Vec<(ConnId, Option<DocumentId>, Outgoing)>) {
+        let mut overflowing = Vec::new();
+        for (conn, _, item) in out {
+            let Some(info) = self.conns.get(&conn) else {
+                continue;
+            };
+            let len = match &item {
+                Outgoing::Frame(b) => Some(b.len() as u64),
+                Outgoing::Close { .. } => None,
+            };
+            match info.outbox.try_send(item) {
+                Ok(()) => {
+                    if let Some(len) = len {
+                        self.metrics.messages_out.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.bytes_out.fetch_add(len, Ordering::Relaxed);
+                    }
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => overflowing.push(conn),
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        for conn in overflowing {
+            // A peer that does not read its frames would make us buffer without bound. Drop
+            // it: its socket task sees the outbox gone and closes; it resyncs on reconnect.
+            tracing::warn!(%conn, "outbox full; dropping a slow connection");
+            let mut tail = Batch::default();
+            self.close(conn, CLOSE_INTERNAL, "too slow", &mut tail);
+            if let Some(info) = self.conns.get_mut(&conn) {
+                let (closed, _) = mpsc::channel(1);
+                info.outbox = closed;
+            }
+        }
+    }
+
+    /// Report actors first seen in this batch's changes, with the device that brought them.
+    fn record_actors(&mut self, batch: &Batch) {
+        let Some(tx) = &self.actors_tx else {
+            return;
+        };
+        for (doc_id, (conn, before)) in &batch.heads_before {
+            if !batch.changed.contains(doc_id) {
+                continue;
+            }
+            let (Some(l), Some(info)) = (self.docs.loaded.get_mut(doc_id), self.conns.get(conn))
+            else {
+                continue;
+            };
+            for change in l.doc.get_changes_meta(before) {
+                let actor = change.actor.to_hex_string();
+                if self.known_actors.insert(actor.clone()) {
+                    let _ = tx.send(SeenActor {
+                        actor,
+                        device_id: info.device.device_id.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Unload the least recently used documents that no open connection syncs.
+    fn evict(&mut self) {
+        let excess = self.docs.loaded.len().saturating_sub(self.max_docs);
+        if excess == 0 {
+            return;
+        }
+        let busy: HashSet<DocumentId> = self
+            .conns
+            .values()
+            .flat_map(|c| c.docs.iter().copied())
+            .collect();
+        let mut idle: Vec<(u64, DocumentId)> = self
+            .docs
+            .loaded
+            .iter()
+            .filter(|(id, _)| !busy.contains(id) && !self.docs.provisional.contains_key(id))
+            .map(|(id, l)| (l.last_use, *id))
+            .collect();
+        idle.sort_unstable();
+        for (_, id) in idle.into_iter().take(excess) {
+            self.engine.forget_doc(id);
+            self.docs.unload(&id);
+            self.metrics
+                .documents_evicted
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.metrics
+            .documents_loaded
+            .store(self.docs.loaded.len() as i64, Ordering::Relaxed);
+    }
+
+    fn close_all(&mut self) {
+        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        let mut batch = Batch::default();
+        for conn in conns {
+            self.close(conn, CLOSE_GOING_AWAY, "relay shutting down", &mut batch);
+        }
+        self.dispatch(batch.out);
+    }
+}

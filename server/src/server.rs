@@ -1,0 +1,210 @@
+//! [`Relay`]: the relay's parts put together and run until shutdown.
+//!
+//! Starting opens `auth.db` and the document store in the data directory, starts the sync hub
+//! thread, and three small tasks: a ticker (handshake timeouts, compaction), a revocation
+//! watcher that polls `auth.db` once a second (so `admin revoke`, a separate process, closes
+//! live connections within a second), and the actor recorder that binds actors first seen in
+//! a device's changes to it.
+//!
+//! Shutdown: stop accepting, let the hub close every connection and close the store (every
+//! acknowledged change is already durable; closing compacts), then return.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use coalition_core::store::{Store, StoreError};
+use coalition_core::sync::{EngineConfig, PeerId, PeerMetadata, StorageId};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::api::app;
+use crate::auth::{AuthDb, AuthError};
+use crate::hub::{self, Event, HubConfig, SeenActor};
+use crate::metrics::Metrics;
+use crate::state::AppState;
+
+/// How often revocations are picked up from `auth.db`.
+const REVOCATION_POLL: Duration = Duration::from_secs(1);
+
+/// Why the relay could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The document store failed to open.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The auth database failed to open.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// A thread could not be started or a socket failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// A startup task panicked.
+    #[error("startup task failed")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// How the relay runs.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// The data directory (`coalition.db`, `auth.db`).
+    pub data: PathBuf,
+    /// Documents kept in memory.
+    pub max_docs: usize,
+}
+
+/// A started relay: the hub runs; [`Relay::serve`] puts it on a socket.
+pub struct Relay {
+    state: AppState,
+    hub_thread: Option<std::thread::JoinHandle<()>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Relay {
+    /// Open the data directory and start the hub. Must run inside a tokio runtime.
+    pub async fn start(config: RelayConfig) -> Result<Relay, ServerError> {
+        let data = config.data.clone();
+        let (auth, hub_store, reads, peer_id, storage_id) =
+            tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
+                let auth = AuthDb::open(&data)?;
+                let peer_id = auth.meta_or_init("peer_id", || {
+                    format!("coalition-relay-{}", &crate::admin::random_actor()[..12])
+                })?;
+                let storage_id =
+                    auth.meta_or_init("storage_id", || uuid::Uuid::new_v4().to_string())?;
+                let hub_store = Store::open(&data)?;
+                let reads = Store::open(&data)?;
+                Ok((auth, hub_store, reads, peer_id, storage_id))
+            })
+            .await??;
+        let metrics = Arc::new(Metrics::default());
+        let mut engine = EngineConfig::new(PeerId::new(peer_id.clone()));
+        // A storage id tells peers to keep their sync state with us across reconnects.
+        engine.metadata = PeerMetadata {
+            storage_id: Some(StorageId::new(storage_id)),
+            is_ephemeral: false,
+        };
+        let (actors_tx, actors_rx) = mpsc::unbounded_channel();
+        let (hub, hub_thread) = hub::spawn(
+            HubConfig {
+                engine,
+                max_docs: config.max_docs,
+            },
+            hub_store,
+            metrics.clone(),
+            Some(actors_tx),
+        )?;
+        let state = AppState::new(auth, reads, hub.clone(), metrics, peer_id);
+        let tasks = vec![
+            tokio::spawn(ticker(hub.clone())),
+            tokio::spawn(watch_revocations(state.clone())),
+            tokio::spawn(record_actors(state.clone(), actors_rx)),
+        ];
+        Ok(Relay {
+            state,
+            hub_thread: Some(hub_thread),
+            tasks,
+        })
+    }
+
+    /// The shared state.
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
+    /// The router over this relay.
+    pub fn router(&self) -> Router {
+        app(self.state.clone())
+    }
+
+    /// Serve on `listener` until `shutdown` completes, then shut down.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let hub = self.state.hub().clone();
+        let router = self.router();
+        // Closing the WebSockets is part of the signal: upgraded connections are not tracked
+        // by the HTTP server's graceful shutdown, and the hub must flush before we exit.
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: closing sync connections");
+            hub.shutdown().await;
+        };
+        axum::serve(listener, router)
+            .with_graceful_shutdown(signal)
+            .await?;
+        self.shutdown().await;
+        Ok(())
+    }
+
+    /// Stop the hub (closing connections and the store) and the background tasks.
+    pub async fn shutdown(mut self) {
+        self.state.hub().shutdown().await;
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        if let Some(thread) = self.hub_thread.take() {
+            // The hub has answered the shutdown, so the thread is finishing: join off the
+            // async workers all the same.
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+async fn ticker(hub: hub::HubHandle) {
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        interval.tick().await;
+        if !hub.send(Event::Tick).await {
+            return;
+        }
+    }
+}
+
+async fn watch_revocations(state: AppState) {
+    let mut known: BTreeSet<String> = BTreeSet::new();
+    let mut interval = tokio::time::interval(REVOCATION_POLL);
+    loop {
+        interval.tick().await;
+        let revoked = match state.with_auth(|db| Ok(db.revoked_devices()?)).await {
+            Ok(r) => r,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read revocations");
+                continue;
+            }
+        };
+        let new: BTreeSet<String> = revoked.difference(&known).cloned().collect();
+        if !new.is_empty() {
+            if !state.hub().send(Event::Revoked { devices: new }).await {
+                return;
+            }
+            known = revoked;
+        }
+    }
+}
+
+async fn record_actors(state: AppState, mut rx: mpsc::UnboundedReceiver<SeenActor>) {
+    while let Some(seen) = rx.recv().await {
+        let SeenActor { actor, device_id } = seen;
+        let device = device_id.clone();
+        let a = actor.clone();
+        match state
+            .with_auth(move |db| Ok(db.bind_actor(&a, &device)?))
+            .await
+        {
+            Ok(bound) if bound != device_id => {
+                // Enforcement is a later step; for now make it visible.
+                tracing::warn!(%actor, device = %device_id, bound_to = %bound, "changes by an actor bound to another device");
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%actor, %error, "cannot record an actor"),
+        }
+    }
+}

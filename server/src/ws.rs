@@ -1,0 +1,122 @@
+//! `GET /sync`: the WebSocket transport of the sync protocol, a thin adapter to the hub.
+//!
+//! The credential is checked before the upgrade, so a bad one gets a JSON 401 (or 403 for a
+//! revoked device) that any HTTP client can read. After the upgrade each binary frame goes to
+//! the hub as one message, and the hub's frames come back through the connection's outbox.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::{HeaderMap, Uri};
+use axum::response::Response;
+use coalition_core::sync::ConnId;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+
+use crate::api::credential;
+use crate::auth::DeviceAuth;
+use crate::error::AppError;
+use crate::hub::{Event, HubHandle, Outgoing, OUTBOX_CAPACITY};
+use crate::state::AppState;
+
+/// Largest frame accepted from a peer. A whole document with years of a coalition's history
+/// fits; a peer cannot make the relay buffer more than this for one message.
+pub const MAX_FRAME: usize = 64 * 1024 * 1024;
+
+/// A peer that does not take a frame within this long is dropped.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `GET /sync`.
+pub async fn sync(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, AppError> {
+    // Authenticate first: a client must learn that its credential is refused (and keep its
+    // data) rather than see a failed upgrade.
+    let token = credential(&headers, &uri).ok_or(AppError::Unauthorized)?;
+    let device = state.authenticate(token).await?;
+    let upgrade = upgrade.map_err(|e| AppError::BadRequest(e.body_text()))?;
+    let conn = state.next_conn();
+    tracing::info!(%conn, device = %device.device_id, user = %device.user, org = %device.org, "sync connection");
+    Ok(upgrade
+        .max_message_size(MAX_FRAME)
+        .max_frame_size(MAX_FRAME)
+        .on_upgrade(move |socket| supervise(socket, conn, device, state)))
+}
+
+/// Runs the connection in its own task, so that a panic in it is caught here and the hub
+/// still learns that the connection is gone.
+async fn supervise(socket: WebSocket, conn: ConnId, device: Arc<DeviceAuth>, state: AppState) {
+    let metrics_state = state.clone();
+    let metrics = metrics_state.metrics();
+    metrics.connections.fetch_add(1, Ordering::Relaxed);
+    metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+    let hub = state.hub().clone();
+    let task = tokio::spawn(run(socket, conn, device, hub.clone()));
+    if let Err(e) = task.await {
+        tracing::error!(%conn, error = %e, "connection task failed");
+        hub.send(Event::Closed { conn }).await;
+    }
+    metrics.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn run(socket: WebSocket, conn: ConnId, device: Arc<DeviceAuth>, hub: HubHandle) {
+    let (outbox, mut frames) = mpsc::channel(OUTBOX_CAPACITY);
+    if !hub
+        .send(Event::Open {
+            conn,
+            device,
+            outbox,
+        })
+        .await
+    {
+        return;
+    }
+    let (mut sink, mut stream) = socket.split();
+    loop {
+        tokio::select! {
+            incoming = stream.next() => match incoming {
+                Some(Ok(WsMessage::Binary(bytes))) => {
+                    if !hub.send(Event::Frame { conn, bytes: bytes.to_vec() }).await {
+                        break;
+                    }
+                }
+                // The protocol is binary CBOR; a text frame goes to the engine like any other
+                // bytes, which answers a malformed message with an `error` and a close.
+                Some(Ok(WsMessage::Text(text))) => {
+                    if !hub.send(Event::Frame { conn, bytes: text.as_bytes().to_vec() }).await {
+                        break;
+                    }
+                }
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
+                Some(Ok(WsMessage::Close(_))) | None => break,
+                Some(Err(error)) => {
+                    tracing::debug!(%conn, %error, "websocket read failed");
+                    break;
+                }
+            },
+            outgoing = frames.recv() => match outgoing {
+                Some(Outgoing::Frame(bytes)) => {
+                    let sent = tokio::time::timeout(SEND_TIMEOUT, sink.send(WsMessage::Binary(bytes.into()))).await;
+                    if !matches!(sent, Ok(Ok(()))) {
+                        tracing::debug!(%conn, "websocket write failed or timed out");
+                        break;
+                    }
+                }
+                Some(Outgoing::Close { code, reason }) => {
+                    let frame = CloseFrame { code, reason: reason.into() };
+                    let _ = tokio::time::timeout(SEND_TIMEOUT, sink.send(WsMessage::Close(Some(frame)))).await;
+                    break;
+                }
+                // The hub dropped us (slow peer) or stopped.
+                None => break,
+            },
+        }
+    }
+    hub.send(Event::Closed { conn }).await;
+}
