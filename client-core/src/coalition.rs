@@ -218,10 +218,12 @@ pub struct Coalition {
     docs: BTreeMap<DocumentId, CoalitionDoc>,
 }
 
-/// Root keys every document carries to describe itself.
-const META_KIND: &str = "doc_kind";
-const META_OWNER: &str = "doc_owner";
-const META_COALITION: &str = "doc_coalition";
+/// Root key naming a document's kind (`manifest`, `plan`, `partner`, `operator`, `comments`).
+pub const META_KIND: &str = "doc_kind";
+/// Root key naming the organisation that owns a partner or operator document.
+pub const META_OWNER: &str = "doc_owner";
+/// Root key naming the coalition (its manifest document id) a document belongs to.
+pub const META_COALITION: &str = "doc_coalition";
 
 impl Coalition {
     /// Create a coalition on this device. The creator's organisation becomes a member with the

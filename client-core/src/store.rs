@@ -352,6 +352,17 @@ impl Store {
     /// Returns once the transaction is durable; on error nothing is written and the next save
     /// writes the same changes again.
     pub fn save_docs(&mut self, records: Vec<DocRecord<'_>>) -> Result<(), StoreError> {
+        self.save_docs_and_sync_states(records, &[])
+    }
+
+    /// [`Store::save_docs`], and in the same transaction the sync states of peers (document,
+    /// peer storage id, encoded state): a relay saves what a batch of messages changed and
+    /// what it now knows of each peer with one fsync.
+    pub fn save_docs_and_sync_states(
+        &mut self,
+        records: Vec<DocRecord<'_>>,
+        states: &[(DocumentId, &str, &[u8])],
+    ) -> Result<(), StoreError> {
         let mut pending: Vec<Pending> = Vec::with_capacity(records.len());
         for r in records {
             // A document this store has not seen is written whole; the chunks already in the
@@ -369,7 +380,7 @@ impl Store {
                 heads: r.doc.get_heads(),
             });
         }
-        self.write_chunks(&pending)?;
+        self.write_chunks(&pending, states)?;
         for p in pending {
             self.saved_heads.insert(p.id, p.heads);
         }
@@ -424,6 +435,23 @@ impl Store {
         }))
     }
 
+    /// The coalition, kind and owner of a stored document, without loading it.
+    pub fn doc_info(
+        &self,
+        id: &DocumentId,
+    ) -> Result<Option<(String, DocKind, Option<String>)>, StoreError> {
+        let row: Option<(String, String, Option<String>)> = self
+            .conn
+            .query_row(
+                "SELECT coalition_id, kind, owner FROM documents WHERE doc_id = ?1",
+                [id.to_string()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(row.and_then(|(c, k, o)| k.parse().ok().map(|k| (c, k, o))))
+    }
+
     /// Forget what this store saved of a document it no longer holds in memory (the next save
     /// of it, if any, writes it whole).
     pub fn forget(&mut self, id: &DocumentId) {
@@ -455,7 +483,11 @@ impl Store {
         self.save(coalition, &ids)
     }
 
-    fn write_chunks(&mut self, pending: &[Pending]) -> Result<(), StoreError> {
+    fn write_chunks(
+        &mut self,
+        pending: &[Pending],
+        states: &[(DocumentId, &str, &[u8])],
+    ) -> Result<(), StoreError> {
         let now = chrono::Utc::now().timestamp();
         let path = self.path.clone();
         let sql = |source| StoreError::Sqlite {
@@ -481,6 +513,14 @@ impl Store {
                 )
                 .map_err(sql)?;
             }
+        }
+        for (doc, peer, state) in states {
+            tx.execute(
+                "INSERT INTO sync_states (doc_id, peer, state) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (doc_id, peer) DO UPDATE SET state = excluded.state",
+                params![doc.to_string(), peer, state],
+            )
+            .map_err(sql)?;
         }
         tx.commit().map_err(sql)
     }

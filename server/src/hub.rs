@@ -799,11 +799,14 @@ impl Hub {
         }
     }
 
-    /// Save what changed (one transaction), then send what was held back.
+    /// Save what changed and the peers' sync states (one transaction), then send what was
+    /// held back.
     fn commit(&mut self, mut batch: Batch) {
         let mut saved = true;
-        if !batch.changed.is_empty() {
-            self.record_actors(&batch);
+        if !batch.changed.is_empty() || !batch.sync_states.is_empty() {
+            if !batch.changed.is_empty() {
+                self.record_actors(&batch);
+            }
             let started = Instant::now();
             let Docs {
                 store,
@@ -826,7 +829,12 @@ impl Hub {
                 })
                 .collect();
             let count = records.len() as u64;
-            match store.save_docs(records) {
+            let states: Vec<(DocumentId, &str, &[u8])> = batch
+                .sync_states
+                .iter()
+                .map(|((doc_id, peer), bytes)| (*doc_id, peer.as_str(), bytes.as_slice()))
+                .collect();
+            match store.save_docs_and_sync_states(records, &states) {
                 Ok(()) => {
                     self.metrics.observe_write(started.elapsed());
                     self.metrics
@@ -839,14 +847,7 @@ impl Hub {
                 }
             }
         }
-        if saved {
-            for ((doc_id, peer), bytes) in &batch.sync_states {
-                if let Err(error) = self.docs.store.put_sync_state(doc_id, peer, bytes) {
-                    // Only costs bytes on the next reconnect; the documents are safe.
-                    tracing::warn!(%doc_id, %error, "cannot persist a sync state");
-                }
-            }
-        } else {
+        if !saved {
             // The changes are only in memory: forget them (peers still have them and will
             // send them again), and drop every frame about them. Connections that lose frames
             // are closed, so that they resync from a clean state when they come back.
