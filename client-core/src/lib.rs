@@ -8,6 +8,7 @@
 //! command-line client.
 
 pub mod access;
+pub mod check;
 pub mod coalition;
 pub mod demo;
 pub mod error;

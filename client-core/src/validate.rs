@@ -41,7 +41,9 @@ pub fn member(m: &Member) -> Result<(), EditError> {
     Ok(())
 }
 
-/// Check one edit against the hard rules, with the coalition as it stands on this device.
+/// Check one edit against the hard rules, with the coalition as it stands on this device:
+/// the rules on the value itself ([`stored`] applies the same ones to data from a peer), then
+/// the rules that need the rest of the coalition (referenced entities, the current status).
 pub fn edit(coalition: &Coalition, who: &Identity, edit: &Edit) -> Result<(), EditError> {
     let c = edit.collection();
     match edit {
@@ -64,66 +66,11 @@ pub fn edit(coalition: &Coalition, who: &Identity, edit: &Edit) -> Result<(), Ed
             }
             Ok(())
         }
-        Edit::AddExchangeRate(r) => {
-            let id = r.key();
-            let on = date(c, &id, "date", &r.date)?;
-            currency(c, &id, "currency", &r.currency, on)?;
-            if !(r.usd_per_unit.is_finite() && r.usd_per_unit > 0.0) {
-                return Err(EditError::invalid(
-                    c,
-                    &id,
-                    "usd_per_unit",
-                    format!("must be a positive number, got {}", r.usd_per_unit),
-                ));
-            }
-            non_empty(c, &id, "source", &r.source)
-        }
-        Edit::PutObligation(o) => {
-            let id = o.pillar.as_str();
-            for (field, value) in [
-                ("legal_deadline", &o.legal_deadline),
-                ("current_deadline", &o.current_deadline),
-                ("completed_on", &o.completed_on),
-            ] {
-                if let Some(v) = value {
-                    date(c, id, field, v)?;
-                }
-            }
-            Ok(())
-        }
-        Edit::AddExtensionRequest(r) => {
-            entity_id(c, &r.id)?;
-            let requested = date(c, &r.id, "requested_deadline", &r.requested_deadline)?;
-            let previous = date(c, &r.id, "previous_deadline", &r.previous_deadline)?;
-            let submitted = date(c, &r.id, "submitted_on", &r.submitted_on)?;
-            if requested <= previous {
-                return Err(EditError::invalid(
-                    c,
-                    &r.id,
-                    "requested_deadline",
-                    format!("{requested} is not after the deadline in force ({previous})"),
-                ));
-            }
-            if let Some(b) = r.budget {
-                non_negative(c, &r.id, "budget", b)?;
-                let code = r.budget_currency.as_deref().ok_or_else(|| {
-                    EditError::invalid(c, &r.id, "budget_currency", "a budget needs its currency")
-                })?;
-                currency(c, &r.id, "budget_currency", code, submitted)?;
-            }
-            Ok(())
-        }
+        Edit::AddExchangeRate(r) => exchange_rate(r),
+        Edit::PutObligation(o) => obligation(o),
+        Edit::AddExtensionRequest(r) => extension_request(r),
         Edit::DecideExtension { .. } => Ok(()),
-        Edit::PutHazardArea(a) => {
-            entity_id(c, &a.id)?;
-            non_empty(c, &a.id, "code", &a.code)?;
-            non_empty(c, &a.id, "name", &a.name)?;
-            non_negative(c, &a.id, "baseline_m2", a.baseline_m2)?;
-            priority(c, &a.id, a.priority)?;
-            geo::parse_area_geometry(&a.geometry)
-                .map_err(|e| EditError::invalid(c, &a.id, "geometry", e.to_string()))?;
-            Ok(())
-        }
+        Edit::PutHazardArea(a) => hazard_area(a),
         Edit::Rebaseline {
             area_id,
             baseline_m2,
@@ -135,7 +82,7 @@ pub fn edit(coalition: &Coalition, who: &Identity, edit: &Edit) -> Result<(), Ed
             non_empty(c, area_id, "reason", reason)
         }
         Edit::PutTask(t) => {
-            entity_id(c, &t.id)?;
+            task(t)?;
             area_exists(coalition, c, &t.id, &t.area_id)?;
             if !coalition
                 .members()?
@@ -152,16 +99,10 @@ pub fn edit(coalition: &Coalition, who: &Identity, edit: &Edit) -> Result<(), Ed
                     ),
                 ));
             }
-            dates(
-                c,
-                &t.id,
-                &[
-                    ("planned_start", &t.planned_start),
-                    ("planned_end", &t.planned_end),
-                ],
-            )
+            Ok(())
         }
         Edit::PutTaskProgress(p) => {
+            task_progress(p)?;
             let task = coalition
                 .find_entity::<Task>(DocKind::Plan, keys::TASKS, &p.task_id)?
                 .ok_or_else(|| EditError::NotFound {
@@ -176,18 +117,11 @@ pub fn edit(coalition: &Coalition, who: &Identity, edit: &Edit) -> Result<(), Ed
                     format!("the task is assigned to {}, not {}", task.operator, who.org),
                 ));
             }
-            dates(
-                c,
-                &p.task_id,
-                &[
-                    ("actual_start", &p.actual_start),
-                    ("actual_end", &p.actual_end),
-                ],
-            )
+            Ok(())
         }
         Edit::RecordRelease(e) => release(coalition, e),
         Edit::Approve(a) => {
-            date(c, &a.entry_id, "decided_on", &a.decided_on)?;
+            approval(a)?;
             if coalition
                 .find_entity::<LandReleaseEntry>(DocKind::Operator, keys::RELEASES, &a.entry_id)?
                 .is_none()
@@ -199,24 +133,9 @@ pub fn edit(coalition: &Coalition, who: &Identity, edit: &Edit) -> Result<(), Ed
             }
             Ok(())
         }
-        Edit::PutStockpileLine(l) => {
-            entity_id(c, &l.id)?;
-            non_empty(c, &l.id, "munition_type", &l.munition_type)?;
-            for (field, v) in [
-                ("declared", l.declared),
-                ("declared_submunitions", l.declared_submunitions),
-                ("retained", l.retained),
-                ("transferred", l.transferred),
-            ] {
-                non_negative(c, &l.id, field, v)?;
-            }
-            Ok(())
-        }
+        Edit::PutStockpileLine(l) => stockpile_line(l),
         Edit::AddDestruction(e) => {
-            entity_id(c, &e.id)?;
-            date(c, &e.id, "date", &e.date)?;
-            non_negative(c, &e.id, "quantity", e.quantity)?;
-            non_negative(c, &e.id, "submunitions", e.submunitions)?;
+            destruction(e)?;
             if coalition
                 .find_entity::<StockpileLine>(DocKind::Plan, keys::STOCKPILE, &e.line_id)?
                 .is_none()
@@ -228,73 +147,23 @@ pub fn edit(coalition: &Coalition, who: &Identity, edit: &Edit) -> Result<(), Ed
             }
             Ok(())
         }
-        Edit::PutVictimAssistance(v) => {
-            let id = v.year.to_string();
-            year(c, &id, "year", v.year)?;
-            for (field, value) in [
-                ("killed", v.killed),
-                ("injured", v.injured),
-                ("survivors", v.survivors),
-                ("assisted", v.assisted),
-            ] {
-                if let Some(value) = value {
-                    non_negative(c, &id, field, value)?;
-                }
-            }
-            Ok(())
-        }
-        Edit::PutNeed(n) => {
-            entity_id(c, &n.id)?;
-            non_empty(c, &n.id, "title", &n.title)?;
-            years(c, &n.id, n.start_year, n.end_year)?;
-            non_negative(c, &n.id, "amount", n.amount)?;
-            priority(c, &n.id, n.priority)?;
-            currency(c, &n.id, "currency", &n.currency, jan_first(n.start_year))
-        }
+        Edit::PutVictimAssistance(v) => victim_assistance(v),
+        Edit::PutNeed(n) => need(n),
         Edit::PutPledge(p) => {
-            entity_id(c, &p.id)?;
-            if p.donor != who.org {
-                return Err(EditError::invalid(
-                    c,
-                    &p.id,
-                    "donor",
-                    format!(
-                        "{} may only pledge in its own name, not {}",
-                        who.org, p.donor
-                    ),
-                ));
-            }
-            years(c, &p.id, p.start_year, p.end_year)?;
-            non_negative(c, &p.id, "amount", p.amount)?;
-            currency(c, &p.id, "currency", &p.currency, jan_first(p.start_year))?;
-            if let Some(d) = &p.committed_on {
-                date(c, &p.id, "committed_on", d)?;
-            }
+            own_name(c, &p.id, "donor", &p.donor, &who.org, "a pledge")?;
+            pledge(p)?;
             if let Some(need) = &p.need_id {
                 need_exists(coalition, c, &p.id, need)?;
             }
-            let current =
-                coalition.find_entity::<Pledge>(DocKind::Partner, keys::PLEDGES, &p.id)?;
-            if let Some(current) = current {
-                if !current.status.may_become(p.status) {
-                    return Err(EditError::invalid(
-                        c,
-                        &p.id,
-                        "status",
-                        format!(
-                            "a pledge's status only moves forward: {} cannot become {}",
-                            current.status, p.status
-                        ),
-                    ));
-                }
+            if let Some(current) =
+                coalition.find_entity::<Pledge>(DocKind::Partner, keys::PLEDGES, &p.id)?
+            {
+                pledge_moves_forward(&current, p)?;
             }
             Ok(())
         }
         Edit::AddDisbursement(d) => {
-            entity_id(c, &d.id)?;
-            let on = date(c, &d.id, "date", &d.date)?;
-            non_negative(c, &d.id, "amount", d.amount)?;
-            currency(c, &d.id, "currency", &d.currency, on)?;
+            disbursement(d)?;
             match coalition.find_entity::<Pledge>(DocKind::Partner, keys::PLEDGES, &d.pledge_id)? {
                 Some(p) if p.donor == who.org => Ok(()),
                 Some(p) => Err(EditError::invalid(
@@ -310,23 +179,8 @@ pub fn edit(coalition: &Coalition, who: &Identity, edit: &Edit) -> Result<(), Ed
             }
         }
         Edit::PutOffer(o) => {
-            entity_id(c, &o.id)?;
-            if o.partner != who.org {
-                return Err(EditError::invalid(
-                    c,
-                    &o.id,
-                    "partner",
-                    format!(
-                        "{} may only offer in its own name, not {}",
-                        who.org, o.partner
-                    ),
-                ));
-            }
-            non_empty(c, &o.id, "expertise", &o.expertise)?;
-            non_negative(c, &o.id, "person_days", o.person_days)?;
-            non_negative(c, &o.id, "value", o.value)?;
-            year(c, &o.id, "year", o.year)?;
-            currency(c, &o.id, "currency", &o.currency, jan_first(o.year))?;
+            own_name(c, &o.id, "partner", &o.partner, &who.org, "an offer")?;
+            offer(o)?;
             if let Some(need) = &o.need_id {
                 need_exists(coalition, c, &o.id, need)?;
             }
@@ -334,8 +188,7 @@ pub fn edit(coalition: &Coalition, who: &Identity, edit: &Edit) -> Result<(), Ed
         }
         Edit::SetNarrative { .. } => Ok(()),
         Edit::AddComment(cm) => {
-            entity_id(c, &cm.id)?;
-            non_empty(c, &cm.id, "text", &cm.text)?;
+            comment(cm)?;
             if cm.org != who.org || cm.user != who.user {
                 return Err(EditError::invalid(
                     c,
@@ -349,58 +202,12 @@ pub fn edit(coalition: &Coalition, who: &Identity, edit: &Edit) -> Result<(), Ed
     }
 }
 
-/// A land release entry: figures ≥ 0, the category matches the method, corrections point at
-/// an existing entry of the same operator.
+/// A land release entry: its value rules, then its references: the hazard area exists, and a
+/// correction points at an existing entry of the same operator.
 pub fn release(coalition: &Coalition, e: &LandReleaseEntry) -> Result<(), EditError> {
     let c = keys::RELEASES;
-    entity_id(c, &e.id)?;
-    date(c, &e.id, "date_of_information", &e.date_of_information)?;
-    for (field, v) in [
-        ("cancelled_m2", e.cancelled_m2),
-        ("reduced_m2", e.reduced_m2),
-        ("cleared_m2", e.cleared_m2),
-    ] {
-        non_negative(c, &e.id, field, v)?;
-    }
-    for (kind, n) in &e.items {
-        non_negative(c, &e.id, &format!("items.{kind}"), *n)?;
-    }
-    let allowed: &[(&str, i64)] = &[
-        ("cancelled_m2", e.cancelled_m2),
-        ("reduced_m2", e.reduced_m2),
-        ("cleared_m2", e.cleared_m2),
-    ];
-    let category = match e.method {
-        Method::Nts => Some("cancelled_m2"),
-        Method::Ts => Some("reduced_m2"),
-        Method::Clearance => Some("cleared_m2"),
-        Method::Eod => None,
-    };
-    for (field, v) in allowed {
-        if *v > 0 && Some(*field) != category {
-            let expected = category
-                .map(|f| format!("only {f}"))
-                .unwrap_or_else(|| "no area".to_string());
-            return Err(EditError::invalid(
-                c,
-                &e.id,
-                field,
-                format!(
-                    "method {} releases {expected}; {v} m² recorded as {field}",
-                    e.method
-                ),
-            ));
-        }
-    }
+    release_value(e)?;
     area_exists(coalition, c, &e.id, &e.area_id)?;
-    if e.amends.is_some() && e.voids.is_some() {
-        return Err(EditError::invalid(
-            c,
-            &e.id,
-            "voids",
-            "an entry either amends or voids another, not both",
-        ));
-    }
     if let Some(target) = e.amends.as_ref().or(e.voids.as_ref()) {
         match coalition.find_entity::<LandReleaseEntry>(
             DocKind::Operator,
@@ -428,6 +235,420 @@ pub fn release(coalition: &Coalition, e: &LandReleaseEntry) -> Result<(), EditEr
         }
     }
     Ok(())
+}
+
+/// A pledge's status only moves forward (or to cancelled before it is paid).
+pub fn pledge_moves_forward(current: &Pledge, next: &Pledge) -> Result<(), EditError> {
+    if current.status.may_become(next.status) {
+        Ok(())
+    } else {
+        Err(EditError::invalid(
+            keys::PLEDGES,
+            &next.id,
+            "status",
+            format!(
+                "a pledge's status only moves forward: {} cannot become {}",
+                current.status, next.status
+            ),
+        ))
+    }
+}
+
+/// Check an entity as it is stored in a document of `kind` owned by `owner`, under
+/// `collection/key`: the rules on the value itself, that its id is its key, and that a
+/// partner's or operator's entity is in its own name. This is what a relay can check of data
+/// from a peer, whatever software wrote it; references to other documents are not checked,
+/// since those may arrive later.
+pub fn stored(
+    collection: &str,
+    key: &str,
+    owner: Option<&str>,
+    json: serde_json::Value,
+) -> Result<(), EditError> {
+    fn decode<T: serde::de::DeserializeOwned>(
+        collection: &str,
+        key: &str,
+        json: serde_json::Value,
+    ) -> Result<T, EditError> {
+        serde_json::from_value(json).map_err(|source| EditError::Decode {
+            at: format!("{collection}/{key}"),
+            source,
+        })
+    }
+    let same_key = |field: &str, id: &str| -> Result<(), EditError> {
+        if id == key {
+            Ok(())
+        } else {
+            Err(EditError::invalid(
+                collection,
+                key,
+                field,
+                format!("`{id}` is stored under the key `{key}`"),
+            ))
+        }
+    };
+    let owner = owner.unwrap_or_default();
+    match collection {
+        keys::MEMBERS => {
+            let m: Member = decode(collection, key, json)?;
+            same_key("org", &m.org)?;
+            member(&m)
+        }
+        keys::DOCUMENTS => decode::<DocEntry>(collection, key, json).map(|_| ()),
+        keys::EXCHANGE_RATES => {
+            let r: ExchangeRate = decode(collection, key, json)?;
+            same_key("currency", &r.key())?;
+            exchange_rate(&r)
+        }
+        keys::OBLIGATIONS => {
+            let o: Obligation = decode(collection, key, json)?;
+            same_key("pillar", o.pillar.as_str())?;
+            obligation(&o)
+        }
+        keys::EXTENSIONS => {
+            let r: ExtensionRequest = decode(collection, key, json)?;
+            same_key("id", &r.id)?;
+            extension_request(&r)
+        }
+        keys::HAZARD_AREAS => {
+            let a: HazardArea = decode(collection, key, json)?;
+            same_key("id", &a.id)?;
+            hazard_area(&a)
+        }
+        keys::REBASELINES => {
+            let r: Rebaseline = decode(collection, key, json)?;
+            same_key("id", &r.id)?;
+            non_negative(collection, key, "baseline_m2", r.baseline_m2)?;
+            date(collection, key, "date", &r.date).map(|_| ())
+        }
+        keys::TASKS => {
+            let t: Task = decode(collection, key, json)?;
+            same_key("id", &t.id)?;
+            task(&t)
+        }
+        keys::TASK_PROGRESS => {
+            let p: TaskProgress = decode(collection, key, json)?;
+            same_key("task_id", &p.task_id)?;
+            task_progress(&p)
+        }
+        keys::RELEASES => {
+            let e: LandReleaseEntry = decode(collection, key, json)?;
+            same_key("id", &e.id)?;
+            own_name(collection, key, "operator", &e.operator, owner, "an entry")?;
+            release_value(&e)
+        }
+        keys::APPROVALS => {
+            let a: Approval = decode(collection, key, json)?;
+            same_key("entry_id", &a.entry_id)?;
+            approval(&a)
+        }
+        keys::STOCKPILE => {
+            let l: StockpileLine = decode(collection, key, json)?;
+            same_key("id", &l.id)?;
+            stockpile_line(&l)
+        }
+        keys::DESTRUCTIONS => {
+            let e: DestructionEvent = decode(collection, key, json)?;
+            same_key("id", &e.id)?;
+            destruction(&e)
+        }
+        keys::VICTIM_ASSISTANCE => {
+            let v: VictimAssistanceYear = decode(collection, key, json)?;
+            same_key("year", &v.year.to_string())?;
+            victim_assistance(&v)
+        }
+        keys::NEEDS => {
+            let n: Need = decode(collection, key, json)?;
+            same_key("id", &n.id)?;
+            need(&n)
+        }
+        keys::PLEDGES => {
+            let p: Pledge = decode(collection, key, json)?;
+            same_key("id", &p.id)?;
+            own_name(collection, key, "donor", &p.donor, owner, "a pledge")?;
+            pledge(&p)
+        }
+        keys::DISBURSEMENTS => {
+            let d: Disbursement = decode(collection, key, json)?;
+            same_key("id", &d.id)?;
+            disbursement(&d)
+        }
+        keys::OFFERS => {
+            let o: InKindOffer = decode(collection, key, json)?;
+            same_key("id", &o.id)?;
+            own_name(collection, key, "partner", &o.partner, owner, "an offer")?;
+            offer(&o)
+        }
+        keys::COMMENTS => {
+            let c: Comment = decode(collection, key, json)?;
+            same_key("id", &c.id)?;
+            comment(&c)
+        }
+        keys::NARRATIVE => match json {
+            serde_json::Value::String(_) => Ok(()),
+            _ => Err(EditError::invalid(
+                collection,
+                key,
+                "text",
+                "a narrative section is text",
+            )),
+        },
+        other => Err(EditError::invalid(
+            other,
+            key,
+            "",
+            format!("`{other}` is not a collection of this model"),
+        )),
+    }
+}
+
+/// An entity of a partner or operator is in that organisation's name.
+fn own_name(
+    collection: &str,
+    id: &str,
+    field: &str,
+    named: &str,
+    org: &str,
+    what: &str,
+) -> Result<(), EditError> {
+    if named == org {
+        Ok(())
+    } else {
+        Err(EditError::invalid(
+            collection,
+            id,
+            field,
+            format!("{org} may only record {what} in its own name, not {named}"),
+        ))
+    }
+}
+
+fn exchange_rate(r: &ExchangeRate) -> Result<(), EditError> {
+    let c = keys::EXCHANGE_RATES;
+    let id = r.key();
+    let on = date(c, &id, "date", &r.date)?;
+    currency(c, &id, "currency", &r.currency, on)?;
+    if !(r.usd_per_unit.is_finite() && r.usd_per_unit > 0.0) {
+        return Err(EditError::invalid(
+            c,
+            &id,
+            "usd_per_unit",
+            format!("must be a positive number, got {}", r.usd_per_unit),
+        ));
+    }
+    non_empty(c, &id, "source", &r.source)
+}
+
+fn obligation(o: &Obligation) -> Result<(), EditError> {
+    let id = o.pillar.as_str();
+    dates(
+        keys::OBLIGATIONS,
+        id,
+        &[
+            ("legal_deadline", &o.legal_deadline),
+            ("current_deadline", &o.current_deadline),
+            ("completed_on", &o.completed_on),
+        ],
+    )
+}
+
+fn extension_request(r: &ExtensionRequest) -> Result<(), EditError> {
+    let c = keys::EXTENSIONS;
+    entity_id(c, &r.id)?;
+    let requested = date(c, &r.id, "requested_deadline", &r.requested_deadline)?;
+    let previous = date(c, &r.id, "previous_deadline", &r.previous_deadline)?;
+    let submitted = date(c, &r.id, "submitted_on", &r.submitted_on)?;
+    if requested <= previous {
+        return Err(EditError::invalid(
+            c,
+            &r.id,
+            "requested_deadline",
+            format!("{requested} is not after the deadline in force ({previous})"),
+        ));
+    }
+    if let Some(b) = r.budget {
+        non_negative(c, &r.id, "budget", b)?;
+        let code = r.budget_currency.as_deref().ok_or_else(|| {
+            EditError::invalid(c, &r.id, "budget_currency", "a budget needs its currency")
+        })?;
+        currency(c, &r.id, "budget_currency", code, submitted)?;
+    }
+    Ok(())
+}
+
+fn hazard_area(a: &HazardArea) -> Result<(), EditError> {
+    let c = keys::HAZARD_AREAS;
+    entity_id(c, &a.id)?;
+    non_empty(c, &a.id, "code", &a.code)?;
+    non_empty(c, &a.id, "name", &a.name)?;
+    non_negative(c, &a.id, "baseline_m2", a.baseline_m2)?;
+    priority(c, &a.id, a.priority)?;
+    geo::parse_area_geometry(&a.geometry)
+        .map_err(|e| EditError::invalid(c, &a.id, "geometry", e.to_string()))?;
+    Ok(())
+}
+
+fn task(t: &Task) -> Result<(), EditError> {
+    let c = keys::TASKS;
+    entity_id(c, &t.id)?;
+    dates(
+        c,
+        &t.id,
+        &[
+            ("planned_start", &t.planned_start),
+            ("planned_end", &t.planned_end),
+        ],
+    )
+}
+
+fn task_progress(p: &TaskProgress) -> Result<(), EditError> {
+    dates(
+        keys::TASK_PROGRESS,
+        &p.task_id,
+        &[
+            ("actual_start", &p.actual_start),
+            ("actual_end", &p.actual_end),
+        ],
+    )
+}
+
+/// The rules on a land release entry's own figures: areas and counts ≥ 0, the category
+/// matches the method, at most one correction target.
+fn release_value(e: &LandReleaseEntry) -> Result<(), EditError> {
+    let c = keys::RELEASES;
+    entity_id(c, &e.id)?;
+    date(c, &e.id, "date_of_information", &e.date_of_information)?;
+    let areas = [
+        ("cancelled_m2", e.cancelled_m2),
+        ("reduced_m2", e.reduced_m2),
+        ("cleared_m2", e.cleared_m2),
+    ];
+    for (field, v) in areas {
+        non_negative(c, &e.id, field, v)?;
+    }
+    for (kind, n) in &e.items {
+        non_negative(c, &e.id, &format!("items.{kind}"), *n)?;
+    }
+    let category = match e.method {
+        Method::Nts => Some("cancelled_m2"),
+        Method::Ts => Some("reduced_m2"),
+        Method::Clearance => Some("cleared_m2"),
+        Method::Eod => None,
+    };
+    for (field, v) in areas {
+        if v > 0 && Some(field) != category {
+            let expected = category
+                .map(|f| format!("only {f}"))
+                .unwrap_or_else(|| "no area".to_string());
+            return Err(EditError::invalid(
+                c,
+                &e.id,
+                field,
+                format!(
+                    "method {} releases {expected}; {v} m² recorded as {field}",
+                    e.method
+                ),
+            ));
+        }
+    }
+    if e.amends.is_some() && e.voids.is_some() {
+        return Err(EditError::invalid(
+            c,
+            &e.id,
+            "voids",
+            "an entry either amends or voids another, not both",
+        ));
+    }
+    Ok(())
+}
+
+fn approval(a: &Approval) -> Result<(), EditError> {
+    date(keys::APPROVALS, &a.entry_id, "decided_on", &a.decided_on).map(|_| ())
+}
+
+fn stockpile_line(l: &StockpileLine) -> Result<(), EditError> {
+    let c = keys::STOCKPILE;
+    entity_id(c, &l.id)?;
+    non_empty(c, &l.id, "munition_type", &l.munition_type)?;
+    for (field, v) in [
+        ("declared", l.declared),
+        ("declared_submunitions", l.declared_submunitions),
+        ("retained", l.retained),
+        ("transferred", l.transferred),
+    ] {
+        non_negative(c, &l.id, field, v)?;
+    }
+    Ok(())
+}
+
+fn destruction(e: &DestructionEvent) -> Result<(), EditError> {
+    let c = keys::DESTRUCTIONS;
+    entity_id(c, &e.id)?;
+    date(c, &e.id, "date", &e.date)?;
+    non_negative(c, &e.id, "quantity", e.quantity)?;
+    non_negative(c, &e.id, "submunitions", e.submunitions)
+}
+
+fn victim_assistance(v: &VictimAssistanceYear) -> Result<(), EditError> {
+    let c = keys::VICTIM_ASSISTANCE;
+    let id = v.year.to_string();
+    year(c, &id, "year", v.year)?;
+    for (field, value) in [
+        ("killed", v.killed),
+        ("injured", v.injured),
+        ("survivors", v.survivors),
+        ("assisted", v.assisted),
+    ] {
+        if let Some(value) = value {
+            non_negative(c, &id, field, value)?;
+        }
+    }
+    Ok(())
+}
+
+fn need(n: &Need) -> Result<(), EditError> {
+    let c = keys::NEEDS;
+    entity_id(c, &n.id)?;
+    non_empty(c, &n.id, "title", &n.title)?;
+    years(c, &n.id, n.start_year, n.end_year)?;
+    non_negative(c, &n.id, "amount", n.amount)?;
+    priority(c, &n.id, n.priority)?;
+    currency(c, &n.id, "currency", &n.currency, jan_first(n.start_year))
+}
+
+fn pledge(p: &Pledge) -> Result<(), EditError> {
+    let c = keys::PLEDGES;
+    entity_id(c, &p.id)?;
+    years(c, &p.id, p.start_year, p.end_year)?;
+    non_negative(c, &p.id, "amount", p.amount)?;
+    currency(c, &p.id, "currency", &p.currency, jan_first(p.start_year))?;
+    if let Some(d) = &p.committed_on {
+        date(c, &p.id, "committed_on", d)?;
+    }
+    Ok(())
+}
+
+fn disbursement(d: &Disbursement) -> Result<(), EditError> {
+    let c = keys::DISBURSEMENTS;
+    entity_id(c, &d.id)?;
+    let on = date(c, &d.id, "date", &d.date)?;
+    non_negative(c, &d.id, "amount", d.amount)?;
+    currency(c, &d.id, "currency", &d.currency, on)
+}
+
+fn offer(o: &InKindOffer) -> Result<(), EditError> {
+    let c = keys::OFFERS;
+    entity_id(c, &o.id)?;
+    non_empty(c, &o.id, "expertise", &o.expertise)?;
+    non_negative(c, &o.id, "person_days", o.person_days)?;
+    non_negative(c, &o.id, "value", o.value)?;
+    year(c, &o.id, "year", o.year)?;
+    currency(c, &o.id, "currency", &o.currency, jan_first(o.year))
+}
+
+fn comment(cm: &Comment) -> Result<(), EditError> {
+    entity_id(keys::COMMENTS, &cm.id)?;
+    non_empty(keys::COMMENTS, &cm.id, "text", &cm.text)
 }
 
 fn entity_id(collection: &str, id: &str) -> Result<(), EditError> {

@@ -1,0 +1,699 @@
+//! Checking changes that arrive from a peer before they are applied.
+//!
+//! A relay (or any peer that holds the shared copy) judges each incoming change by its
+//! author, not by whoever forwarded it: the change's actor must belong to a known author
+//! whose roles may write what the change touches in this document, and the document after the
+//! change must still pass every hard rule of [`crate::validate`] that can be checked on the
+//! document alone. A refused change, and every change that depends on it, is kept aside with
+//! the reason; nothing of it reaches the document.
+//!
+//! The check applies each change to a fork of the document and reads what it touched from the
+//! fork's patches, so it judges what the change does, not what its commit message claims.
+
+use std::collections::{BTreeSet, HashSet};
+
+use automerge::{ActorId, AutoCommit, Change, ChangeHash, PatchAction, Prop, ReadDoc, ROOT};
+
+use crate::access;
+use crate::coalition::{json_of, META_COALITION, META_KIND, META_OWNER};
+use crate::error::EditError;
+use crate::model::{collections, is_record, keys, DocKind, Pledge, Role};
+use crate::validate;
+
+/// Who wrote a change, as far as the checker needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Author {
+    /// The author's organisation.
+    pub org: String,
+    /// The roles the organisation holds in the coalition.
+    pub roles: Vec<Role>,
+}
+
+/// Why a change was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The change's actor is not registered to any enrolled device.
+    #[error("actor {actor} is not registered to any device of this coalition")]
+    UnknownAuthor {
+        /// The actor, hex.
+        actor: String,
+    },
+    /// The author may not write what the change touches.
+    #[error(transparent)]
+    NotAllowed(EditError),
+    /// The document after the change breaks a hard rule.
+    #[error("{0}")]
+    Invalid(#[source] EditError),
+    /// The change rewrites or deletes a record, which is immutable.
+    #[error("{collection}/{id} is an immutable record and cannot be {verb}")]
+    RecordChanged {
+        /// The collection.
+        collection: String,
+        /// The record.
+        id: String,
+        /// "changed" or "deleted".
+        verb: &'static str,
+    },
+    /// The change deletes an entity; entities are kept (only members can be removed).
+    #[error("{collection}/{id} cannot be deleted")]
+    Deleted {
+        /// The collection.
+        collection: String,
+        /// The entity.
+        id: String,
+    },
+    /// The change rewrites what the document is (kind, owner, coalition) or adds keys the
+    /// model does not have.
+    #[error("the change writes `{key}` at the root of the {kind} document")]
+    Structure {
+        /// The document kind.
+        kind: DocKind,
+        /// The root key.
+        key: String,
+    },
+    /// The change depends on a change that was refused.
+    #[error("it depends on change {0}, which was refused")]
+    DependsOnRefused(ChangeHash),
+    /// The change does not apply to the document.
+    #[error("the change does not apply: {0}")]
+    Malformed(String),
+}
+
+/// A change that was refused, with what a coordinator needs to review it.
+#[derive(Debug)]
+pub struct Refused {
+    /// The change, whole (its raw bytes can be stored and applied later if accepted).
+    pub change: Change,
+    /// Why.
+    pub reason: Refusal,
+}
+
+/// The outcome of checking a batch of changes.
+#[derive(Debug, Default)]
+pub struct Checked {
+    /// Changes that may be applied, in an order that respects their dependencies.
+    pub accepted: Vec<Change>,
+    /// Changes refused, with the reason.
+    pub refused: Vec<Refused>,
+    /// Changes whose dependencies are neither in the document nor in the batch: they cannot be
+    /// judged yet and are neither applied nor refused.
+    pub waiting: Vec<Change>,
+}
+
+/// Check `changes` against `doc` (of `kind`, owned by `owner`), with `author` telling who an
+/// actor is. `doc` itself is not modified.
+pub fn check_changes(
+    doc: &mut AutoCommit,
+    kind: DocKind,
+    owner: Option<&str>,
+    changes: Vec<Change>,
+    author: &dyn Fn(&ActorId) -> Option<Author>,
+) -> Checked {
+    let mut out = Checked::default();
+    let known: HashSet<ChangeHash> = changes.iter().map(Change::hash).collect();
+    let ordered = causal_order(doc, changes, &known, &mut out.waiting);
+    let mut fork = doc.fork();
+    let mut refused_hashes: HashSet<ChangeHash> = HashSet::new();
+    for change in ordered {
+        if fork.get_change_by_hash(&change.hash()).is_some() {
+            continue;
+        }
+        if let Some(dep) = change.deps().iter().find(|d| refused_hashes.contains(d)) {
+            refused_hashes.insert(change.hash());
+            let reason = Refusal::DependsOnRefused(*dep);
+            out.refused.push(Refused { change, reason });
+            continue;
+        }
+        match judge(&mut fork, kind, owner, &change, author) {
+            Ok(()) => out.accepted.push(change),
+            Err(reason) => {
+                refused_hashes.insert(change.hash());
+                out.refused.push(Refused { change, reason });
+                // Rebuild the fork without the refused change. Refusals are rare (devices
+                // check the same rules before committing), so the cost is acceptable.
+                fork = doc.fork();
+                if let Err(e) = fork.apply_changes(out.accepted.iter().cloned()) {
+                    tracing::error!(error = %e, "re-applying accepted changes to a fork failed");
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Order the batch so that every change comes after the changes of the batch it depends on.
+/// Changes with a dependency that is neither in the document nor in the batch go to `waiting`.
+fn causal_order(
+    doc: &mut AutoCommit,
+    changes: Vec<Change>,
+    known: &HashSet<ChangeHash>,
+    waiting: &mut Vec<Change>,
+) -> Vec<Change> {
+    let mut pending = changes;
+    let mut placed: HashSet<ChangeHash> = HashSet::new();
+    let mut out = Vec::with_capacity(pending.len());
+    loop {
+        let before = out.len();
+        let mut rest = Vec::new();
+        for c in pending {
+            let ready = c.deps().iter().all(|d| {
+                placed.contains(d) || (!known.contains(d) && doc.get_change_by_hash(d).is_some())
+            });
+            if ready {
+                placed.insert(c.hash());
+                out.push(c);
+            } else {
+                rest.push(c);
+            }
+        }
+        pending = rest;
+        if pending.is_empty() || out.len() == before {
+            break;
+        }
+    }
+    waiting.extend(pending);
+    out
+}
+
+/// Apply one change to the fork and judge it; on refusal the fork holds the change and must be
+/// rebuilt by the caller.
+fn judge(
+    fork: &mut AutoCommit,
+    kind: DocKind,
+    owner: Option<&str>,
+    change: &Change,
+    author: &dyn Fn(&ActorId) -> Option<Author>,
+) -> Result<(), Refusal> {
+    let who = author(change.actor_id()).ok_or_else(|| Refusal::UnknownAuthor {
+        actor: change.actor_id().to_hex_string(),
+    })?;
+    let before = fork.get_heads();
+    let was_empty = before.is_empty();
+    fork.apply_changes([change.clone()])
+        .map_err(|e| Refusal::Malformed(e.to_string()))?;
+    let after = fork.get_heads();
+    let patches = fork.diff(&before, &after);
+
+    // What the change touched: collections and entity keys, and root keys.
+    let mut touched: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut deleted: BTreeSet<(String, String)> = BTreeSet::new();
+    for p in &patches {
+        let key_of = |action: &PatchAction| match action {
+            PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key } => Some(key.clone()),
+            PatchAction::Conflict {
+                prop: Prop::Map(key),
+            }
+            | PatchAction::Increment {
+                prop: Prop::Map(key),
+                ..
+            } => Some(key.clone()),
+            _ => None,
+        };
+        let segment = |i: usize| match p.path.get(i) {
+            Some((_, Prop::Map(k))) => Some(k.clone()),
+            _ => None,
+        };
+        match p.path.len() {
+            0 => {
+                if let Some(key) = key_of(&p.action) {
+                    root_key(kind, owner, &key, was_empty, fork)?;
+                }
+            }
+            1 => {
+                let (Some(collection), Some(key)) = (segment(0), key_of(&p.action)) else {
+                    continue;
+                };
+                if matches!(p.action, PatchAction::DeleteMap { .. }) {
+                    deleted.insert((collection.clone(), key.clone()));
+                }
+                touched.insert((collection, key));
+            }
+            _ => {
+                if let (Some(collection), Some(key)) = (segment(0), segment(1)) {
+                    touched.insert((collection, key));
+                }
+            }
+        }
+    }
+
+    let org = who.org.as_str();
+    for (collection, key) in &touched {
+        if !access::may_write(org, &who.roles, kind, owner, collection) {
+            return Err(Refusal::NotAllowed(EditError::NotAllowed {
+                org: org.to_string(),
+                roles: who.roles.clone(),
+                kind,
+                owner: owner.map(str::to_string),
+                collection: collection.clone(),
+            }));
+        }
+        if !collections(kind).contains(&collection.as_str()) {
+            return Err(Refusal::Structure {
+                kind,
+                key: collection.clone(),
+            });
+        }
+        let existed = entity_at(fork, collection, key, Some(&before)).map_err(Refusal::Invalid)?;
+        if deleted.contains(&(collection.clone(), key.clone())) {
+            if collection != keys::MEMBERS {
+                let verb = "deleted";
+                return Err(if is_record(collection) {
+                    Refusal::RecordChanged {
+                        collection: collection.clone(),
+                        id: key.clone(),
+                        verb,
+                    }
+                } else {
+                    Refusal::Deleted {
+                        collection: collection.clone(),
+                        id: key.clone(),
+                    }
+                });
+            }
+            continue;
+        }
+        if existed.is_some() && is_record(collection) && collection != keys::APPROVALS {
+            return Err(Refusal::RecordChanged {
+                collection: collection.clone(),
+                id: key.clone(),
+                verb: "changed",
+            });
+        }
+        let Some(now) = entity_at(fork, collection, key, None).map_err(Refusal::Invalid)? else {
+            continue;
+        };
+        validate::stored(collection, key, owner, now.clone()).map_err(Refusal::Invalid)?;
+        if collection == keys::PLEDGES {
+            if let Some(old) = existed {
+                let (Ok(old), Ok(new)) = (
+                    serde_json::from_value::<Pledge>(old),
+                    serde_json::from_value::<Pledge>(now),
+                ) else {
+                    continue;
+                };
+                validate::pledge_moves_forward(&old, &new).map_err(Refusal::Invalid)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A root key may only be written when the document is created, and only the keys that
+/// describe it and its collections; the description must match what the relay knows.
+fn root_key(
+    kind: DocKind,
+    owner: Option<&str>,
+    key: &str,
+    was_empty: bool,
+    fork: &AutoCommit,
+) -> Result<(), Refusal> {
+    let structure = || Refusal::Structure {
+        kind,
+        key: key.to_string(),
+    };
+    if !was_empty {
+        return Err(structure());
+    }
+    let text = |k: &str| match fork.get(ROOT, k).ok().flatten() {
+        Some((automerge::Value::Scalar(s), _)) => s.as_str().map(str::to_string),
+        _ => None,
+    };
+    match key {
+        META_KIND if text(META_KIND).as_deref() == Some(kind.as_str()) => Ok(()),
+        META_OWNER if text(META_OWNER).as_deref() == owner => Ok(()),
+        META_COALITION => Ok(()),
+        k if collections(kind).contains(&k)
+            || (kind == DocKind::Manifest && k == keys::COALITION) =>
+        {
+            Ok(())
+        }
+        _ => Err(structure()),
+    }
+}
+
+/// An entity as JSON, now or at `heads`.
+fn entity_at(
+    doc: &AutoCommit,
+    collection: &str,
+    key: &str,
+    heads: Option<&[ChangeHash]>,
+) -> Result<Option<serde_json::Value>, EditError> {
+    let coll = match heads {
+        Some(h) => doc.get_at(ROOT, collection, h)?,
+        None => doc.get(ROOT, collection)?,
+    };
+    let Some((_, coll)) = coll else {
+        return Ok(None);
+    };
+    let value = match heads {
+        Some(h) => doc.get_at(&coll, key, h)?,
+        None => doc.get(&coll, key)?,
+    };
+    let Some((value, id)) = value else {
+        return Ok(None);
+    };
+    let hydrated = match value {
+        automerge::Value::Object(_) => doc.hydrate(&id, heads)?,
+        automerge::Value::Scalar(s) => automerge::hydrate::Value::Scalar(s.into_owned()),
+    };
+    let json = json_of(&hydrated);
+    // Records are JSON strings.
+    Ok(Some(match json {
+        serde_json::Value::String(text) if is_record(collection) => {
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+        }
+        other => other,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use automerge::transaction::{CommitOptions, Transactable};
+    use automerge::ObjType;
+
+    use super::*;
+    use crate::coalition::{Coalition, Edit, Identity};
+    use crate::fixture::{area, entry, fixture, Fixture, T0};
+    use crate::model::{HazardClass, Method};
+
+    /// Who each fixture actor is, as a relay's registry would say.
+    fn registry(f: &Fixture) -> HashMap<String, Author> {
+        let mut m = HashMap::new();
+        for who in [
+            &f.coordinator,
+            &f.nmac,
+            &f.donor,
+            &f.other_donor,
+            &f.operator,
+            &f.other_operator,
+            &f.observer,
+        ] {
+            let roles = f.c.roles_of(&who.org).expect("roles");
+            m.insert(
+                who.actor.clone(),
+                Author {
+                    org: who.org.clone(),
+                    roles,
+                },
+            );
+        }
+        m
+    }
+
+    fn doc_of(c: &Coalition, kind: DocKind, owner: Option<&str>) -> AutoCommit {
+        c.find_doc(kind, owner).expect("document").doc.clone()
+    }
+
+    /// Changes made on a copy of a document by `who`, written raw (bypassing the device's own
+    /// checks, as a buggy or hostile client would).
+    fn raw(doc: &AutoCommit, who: &Identity, write: impl FnOnce(&mut AutoCommit)) -> Vec<Change> {
+        let mut copy = doc.clone().with_actor(who.actor_id());
+        let before = copy.get_heads();
+        write(&mut copy);
+        copy.commit_with(CommitOptions::default().with_time(T0).with_message("raw"));
+        copy.get_changes(&before)
+    }
+
+    fn check(f: &Fixture, kind: DocKind, owner: Option<&str>, changes: Vec<Change>) -> Checked {
+        let reg = registry(f);
+        let mut doc = doc_of(&f.c, kind, owner);
+        let heads = doc.get_heads();
+        let out = check_changes(&mut doc, kind, owner, changes, &|a| {
+            reg.get(&a.to_hex_string()).cloned()
+        });
+        assert_eq!(
+            doc.get_heads(),
+            heads,
+            "checking must not modify the document"
+        );
+        out
+    }
+
+    fn reason(out: &Checked) -> String {
+        assert!(
+            out.accepted.is_empty(),
+            "nothing should be accepted: {:?}",
+            out.accepted.len()
+        );
+        assert_eq!(out.refused.len(), 1, "{:?}", out.refused);
+        out.refused[0].reason.to_string()
+    }
+
+    fn put_area(doc: &mut AutoCommit, key: &str, field: &str, value: i64) {
+        let (_, coll) = doc
+            .get(ROOT, keys::HAZARD_AREAS)
+            .expect("get")
+            .expect("collection");
+        let (_, a) = doc.get(&coll, key).expect("get").expect("area");
+        doc.put(&a, field, value).expect("put");
+    }
+
+    #[test]
+    fn honest_changes_made_through_edits_are_accepted() {
+        let f = fixture();
+        let mut device = f.c.clone();
+        let plan = doc_of(&f.c, DocKind::Plan, None);
+        let before = plan.clone().get_heads();
+        device
+            .apply(
+                &f.nmac,
+                Edit::PutHazardArea(area("a-new", "HA-9", HazardClass::Cha, 500)),
+                T0,
+            )
+            .expect("edit");
+        let mut edited = doc_of(&device, DocKind::Plan, None);
+        let changes = edited.get_changes(&before);
+        let out = check(&f, DocKind::Plan, None, changes);
+        assert_eq!(
+            (out.accepted.len(), out.refused.len()),
+            (1, 0),
+            "{:?}",
+            out.refused
+        );
+    }
+
+    #[test]
+    fn authors_are_judged_by_their_own_rights() {
+        let f = fixture();
+        let plan = doc_of(&f.c, DocKind::Plan, None);
+        // A donor writes the plan.
+        let changes = raw(&plan, &f.donor, |d| put_area(d, "area-sha", "priority", 1));
+        assert_eq!(
+            reason(&check(&f, DocKind::Plan, None, changes)),
+            "donor-DE (donor) may not write hazard_areas in the plan document"
+        );
+        // An operator approves (its own entry, or any).
+        let changes = raw(&plan, &f.operator, |d| {
+            let (_, coll) = d
+                .get(ROOT, keys::APPROVALS)
+                .expect("get")
+                .expect("approvals");
+            d.put(
+                &coll,
+                "e1",
+                r#"{"entry_id":"e1","decision":"approved","decided_on":"2021-05-02","note":null}"#,
+            )
+            .expect("put");
+        });
+        assert_eq!(
+            reason(&check(&f, DocKind::Plan, None, changes)),
+            "NPA (operator) may not write approvals in the plan document"
+        );
+        // An observer writes a pledge in a donor's document.
+        let partner = doc_of(&f.c, DocKind::Partner, Some("donor-DE"));
+        let changes = raw(&partner, &f.observer, |d| {
+            let (_, coll) = d.get(ROOT, keys::PLEDGES).expect("get").expect("pledges");
+            d.put_object(&coll, "p9", ObjType::Map).expect("put");
+        });
+        assert_eq!(
+            reason(&check(&f, DocKind::Partner, Some("donor-DE"), changes)),
+            "CMC (observer) may not write pledges in the partner document of donor-DE"
+        );
+        // An actor nobody registered.
+        let stranger = crate::fixture::who("x", "NPA", 0x77);
+        let changes = raw(&plan, &stranger, |d| put_area(d, "area-sha", "priority", 1));
+        assert_eq!(
+            reason(&check(&f, DocKind::Plan, None, changes)),
+            "actor 77777777777777777777777777777777 is not registered to any device of this coalition"
+        );
+    }
+
+    #[test]
+    fn the_document_after_a_change_must_pass_the_hard_rules() {
+        let f = fixture();
+        let plan = doc_of(&f.c, DocKind::Plan, None);
+        let changes = raw(&plan, &f.nmac, |d| {
+            put_area(d, "area-sha", "baseline_m2", -10)
+        });
+        assert_eq!(
+            reason(&check(&f, DocKind::Plan, None, changes)),
+            "hazard_areas/area-sha/baseline_m2: must be zero or more, got -10"
+        );
+        // A release whose category does not match its method, written as a raw record.
+        let operator = doc_of(&f.c, DocKind::Operator, Some("NPA"));
+        let mut e = entry("e7", "area-cha", "NPA", Method::Nts, 0, "2021-05-01");
+        e.cleared_m2 = 10;
+        let json = serde_json::to_string(&e).expect("json");
+        let changes = raw(&operator, &f.operator, |d| {
+            let (_, coll) = d.get(ROOT, keys::RELEASES).expect("get").expect("releases");
+            d.put(&coll, "e7", json.as_str()).expect("put");
+        });
+        assert_eq!(
+            reason(&check(&f, DocKind::Operator, Some("NPA"), changes)),
+            "releases/e7/cleared_m2: method nts releases only cancelled_m2; 10 m² recorded as cleared_m2"
+        );
+        // An operator recording an entry in another operator's name, in its own document.
+        let theirs = serde_json::to_string(&entry(
+            "e8",
+            "area-cha",
+            "HALO",
+            Method::Clearance,
+            5,
+            "2021-05-01",
+        ))
+        .expect("json");
+        let changes = raw(&operator, &f.operator, |d| {
+            let (_, coll) = d.get(ROOT, keys::RELEASES).expect("get").expect("releases");
+            d.put(&coll, "e8", theirs.as_str()).expect("put");
+        });
+        assert_eq!(
+            reason(&check(&f, DocKind::Operator, Some("NPA"), changes)),
+            "releases/e8/operator: NPA may only record an entry in its own name, not HALO"
+        );
+    }
+
+    #[test]
+    fn records_are_immutable_and_entities_are_not_deleted() {
+        let mut f = fixture();
+        let op = f.operator.clone();
+        f.c.apply(
+            &op,
+            Edit::RecordRelease(entry(
+                "e1",
+                "area-cha",
+                "NPA",
+                Method::Clearance,
+                100,
+                "2021-05-01",
+            )),
+            T0,
+        )
+        .expect("entry");
+        let operator = doc_of(&f.c, DocKind::Operator, Some("NPA"));
+        let bigger = serde_json::to_string(&entry(
+            "e1",
+            "area-cha",
+            "NPA",
+            Method::Clearance,
+            900,
+            "2021-05-01",
+        ))
+        .expect("json");
+        let changes = raw(&operator, &f.operator, |d| {
+            let (_, coll) = d.get(ROOT, keys::RELEASES).expect("get").expect("releases");
+            d.put(&coll, "e1", bigger.as_str()).expect("put");
+        });
+        assert_eq!(
+            reason(&check(&f, DocKind::Operator, Some("NPA"), changes)),
+            "releases/e1 is an immutable record and cannot be changed"
+        );
+        let plan = doc_of(&f.c, DocKind::Plan, None);
+        let changes = raw(&plan, &f.nmac, |d| {
+            let (_, coll) = d
+                .get(ROOT, keys::HAZARD_AREAS)
+                .expect("get")
+                .expect("areas");
+            d.delete(&coll, "area-sha").expect("delete");
+        });
+        assert_eq!(
+            reason(&check(&f, DocKind::Plan, None, changes)),
+            "hazard_areas/area-sha cannot be deleted"
+        );
+        let changes = raw(&plan, &f.nmac, |d| {
+            d.put(ROOT, META_KIND, "partner").expect("put")
+        });
+        assert_eq!(
+            reason(&check(&f, DocKind::Plan, None, changes)),
+            "the change writes `doc_kind` at the root of the plan document"
+        );
+    }
+
+    #[test]
+    fn a_new_document_is_accepted_whole_from_its_creator() {
+        let f = fixture();
+        let mut created = doc_of(&f.c, DocKind::Operator, Some("HALO"));
+        let changes = created.get_changes(&[]);
+        let reg = registry(&f);
+        let mut empty = AutoCommit::new();
+        let out = check_changes(&mut empty, DocKind::Operator, Some("HALO"), changes, &|a| {
+            reg.get(&a.to_hex_string()).cloned()
+        });
+        assert!(out.refused.is_empty(), "{:?}", out.refused);
+        assert_eq!(out.accepted.len(), 1);
+        // The same document presented as another operator's is refused.
+        let mut empty = AutoCommit::new();
+        let out = check_changes(
+            &mut empty,
+            DocKind::Operator,
+            Some("NPA"),
+            created.get_changes(&[]),
+            &|a| reg.get(&a.to_hex_string()).cloned(),
+        );
+        assert_eq!(
+            reason(&out),
+            "the change writes `doc_owner` at the root of the operator document"
+        );
+    }
+
+    #[test]
+    fn changes_that_depend_on_a_refused_one_are_refused_too() {
+        let f = fixture();
+        let plan = doc_of(&f.c, DocKind::Plan, None);
+        let mut copy = plan.clone().with_actor(f.nmac.actor_id());
+        let before = copy.get_heads();
+        put_area(&mut copy, "area-sha", "baseline_m2", -1);
+        copy.commit_with(CommitOptions::default().with_time(T0));
+        put_area(&mut copy, "area-cha", "priority", 1);
+        copy.commit_with(CommitOptions::default().with_time(T0 + 1));
+        let changes = copy.get_changes(&before);
+        let out = check(&f, DocKind::Plan, None, changes);
+        assert!(out.accepted.is_empty());
+        assert_eq!(out.refused.len(), 2);
+        assert!(
+            matches!(out.refused[1].reason, Refusal::DependsOnRefused(h) if h == out.refused[0].change.hash())
+        );
+    }
+
+    #[test]
+    fn a_pledge_status_never_moves_back_even_from_other_software() {
+        let mut f = fixture();
+        let donor = f.donor.clone();
+        let p = Pledge {
+            id: "p1".into(),
+            donor: "donor-DE".into(),
+            need_id: None,
+            pillar: crate::model::Pillar::Clearance,
+            amount: 10,
+            currency: "EUR".into(),
+            start_year: 2021,
+            end_year: 2021,
+            channel: "bilateral".into(),
+            status: crate::model::PledgeStatus::Disbursed,
+            committed_on: None,
+        };
+        f.c.apply(&donor, Edit::PutPledge(p), T0).expect("pledge");
+        let partner = doc_of(&f.c, DocKind::Partner, Some("donor-DE"));
+        let changes = raw(&partner, &donor, |d| {
+            let (_, coll) = d.get(ROOT, keys::PLEDGES).expect("get").expect("pledges");
+            let (_, p) = d.get(&coll, "p1").expect("get").expect("pledge");
+            d.put(&p, "status", "announced").expect("put");
+        });
+        assert_eq!(
+            reason(&check(&f, DocKind::Partner, Some("donor-DE"), changes)),
+            "pledges/p1/status: a pledge's status only moves forward: disbursed cannot become announced"
+        );
+    }
+}
