@@ -889,13 +889,20 @@ fn heads_at(doc: &mut AutoCommit, at: i64) -> Vec<ChangeHash> {
 
 /// Read the kind, owner and coalition a document names at its root.
 pub fn describe(doc: &AutoCommit) -> Result<(DocKind, Option<String>, String), EditError> {
-    let kind: String =
-        hydrate_prop(doc, ROOT, META_KIND).map_err(|_| EditError::NotACoalitionDocument)?;
-    let kind: DocKind = kind.parse().map_err(|_| EditError::NotACoalitionDocument)?;
-    let owner: Option<String> = hydrate_prop(doc, ROOT, META_OWNER).unwrap_or(None);
-    let coalition: String =
-        hydrate_prop(doc, ROOT, META_COALITION).map_err(|_| EditError::NotACoalitionDocument)?;
-    Ok((kind, owner, coalition))
+    // JavaScript clients write plain strings as text objects unless they use ImmutableString:
+    // accept both.
+    let text = |key: &str| -> Option<String> {
+        match doc.get(ROOT, key).ok().flatten()? {
+            (automerge::Value::Scalar(s), _) => s.as_str().map(str::to_string),
+            (automerge::Value::Object(ObjType::Text), id) => doc.text(&id).ok(),
+            _ => None,
+        }
+    };
+    let kind: DocKind = text(META_KIND)
+        .and_then(|k| k.parse().ok())
+        .ok_or(EditError::NotACoalitionDocument)?;
+    let coalition = text(META_COALITION).ok_or(EditError::NotACoalitionDocument)?;
+    Ok((kind, text(META_OWNER), coalition))
 }
 
 /// The map at `parent/key`, created if missing.
@@ -989,4 +996,30 @@ fn changed_fields<T: Serialize>(before: Option<&T>, after: &T) -> Vec<String> {
         .filter(|(k, v)| before.as_ref().and_then(|b| b.get(k.as_str())) != Some(*v))
         .map(|(k, _)| k.clone())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_document_describes_itself_with_scalar_or_text_keys() {
+        let mut doc = AutoCommit::new();
+        doc.put(ROOT, META_KIND, "comments").expect("put");
+        let coalition = doc
+            .put_object(ROOT, META_COALITION, ObjType::Text)
+            .expect("text");
+        doc.splice_text(&coalition, 0, 0, "2ApsD4zBFi2LrnTw96rsjAUnWRY4")
+            .expect("splice");
+        let (kind, owner, id) = describe(&doc).expect("describe");
+        assert_eq!(
+            (kind, owner, id.as_str()),
+            (DocKind::Comments, None, "2ApsD4zBFi2LrnTw96rsjAUnWRY4")
+        );
+        doc.put(ROOT, META_KIND, "budget").expect("put");
+        assert!(matches!(
+            describe(&doc),
+            Err(EditError::NotACoalitionDocument)
+        ));
+    }
 }
