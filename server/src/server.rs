@@ -73,7 +73,8 @@ impl Relay {
             tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
                 let auth = AuthDb::open(&data)?;
                 let peer_id = auth.meta_or_init("peer_id", || {
-                    format!("coalition-relay-{}", &crate::admin::random_actor()[..12])
+                    // Short: every frame to a device carries it.
+                    format!("relay-{}", &crate::admin::random_actor()[..6])
                 })?;
                 let storage_id =
                     auth.meta_or_init("storage_id", || uuid::Uuid::new_v4().to_string())?;
@@ -90,16 +91,18 @@ impl Relay {
             is_ephemeral: false,
         };
         let (actors_tx, actors_rx) = mpsc::unbounded_channel();
+        let feed = crate::events::channel();
         let (hub, hub_thread) = hub::spawn(
             HubConfig {
                 engine,
                 max_docs: config.max_docs,
+                feed: Some(feed.clone()),
             },
             hub_store,
             metrics.clone(),
             Some(actors_tx),
         )?;
-        let state = AppState::new(auth, reads, hub.clone(), metrics, peer_id);
+        let state = AppState::new(auth, reads, hub.clone(), metrics, peer_id, feed);
         let tasks = vec![
             tokio::spawn(ticker(hub.clone())),
             tokio::spawn(watch_revocations(state.clone())),

@@ -1105,7 +1105,7 @@ impl SyncEngine {
             if let Some(bytes) = docs.load_sync_state(&doc_id, storage_id) {
                 match sync::State::decode(&bytes) {
                     Ok(decoded) => {
-                        state = decoded;
+                        state = resume(decoded);
                         persisted = Some(bytes);
                     }
                     Err(source) => out.push(Action::Error {
@@ -1227,6 +1227,23 @@ fn error_action(conn: ConnId, error: EngineError) -> Action {
         conn: Some(conn),
         error,
     }
+}
+
+/// A persisted sync state, ready to resume: assume the peer still has what it had when we last
+/// synced (their heads, and nothing else since). The first message then carries the changes
+/// made since, instead of a round trip that only asks what the peer has. If the assumption is
+/// wrong (the peer lost data), the peer's answer says what it lacks and the next message
+/// sends it.
+fn resume(mut state: sync::State) -> sync::State {
+    if !state.shared_heads.is_empty() {
+        state.their_heads = Some(state.shared_heads.clone());
+        state.their_need = Some(Vec::new());
+        state.their_have = Some(vec![sync::Have {
+            last_sync: state.shared_heads.clone(),
+            bloom: sync::BloomFilter::default(),
+        }]);
+    }
+    state
 }
 
 #[cfg(test)]

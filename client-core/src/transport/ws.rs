@@ -153,12 +153,10 @@ impl SyncOptions {
         let credential = store
             .meta(keys::CREDENTIAL)?
             .ok_or(SyncError::NotEnrolled)?;
-        let device = store
-            .meta(keys::DEVICE_ID)?
-            .unwrap_or_else(|| "device".to_owned());
         // One peer id per process: two `coalition` processes of one device (a `--watch` and a
-        // one-off sync) must not replace each other's connection at the relay.
-        let peer_id = PeerId::new(format!("{device}-{:08x}", rand::random::<u32>()));
+        // one-off sync) must not replace each other's connection at the relay. Every frame
+        // carries the peer ids, so they are short; the device is identified by its credential.
+        let peer_id = PeerId::new(format!("{:010x}", rand::random::<u64>() & 0xff_ffff_ffff));
         Ok(SyncOptions {
             server,
             credential,
