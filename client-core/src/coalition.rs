@@ -306,6 +306,18 @@ impl Coalition {
         Ok(coalition)
     }
 
+    /// Keep only the manifest and the documents it lists. A relay may hold documents that name
+    /// the coalition but that no coordinator listed (pushed by a device, or not yet listed);
+    /// they are not part of the plan until the manifest lists them, so every view of the
+    /// coalition is the same on every device.
+    pub fn retain_listed(&mut self) -> Result<(), EditError> {
+        let listed = self.listed_docs()?;
+        let manifest = self.id;
+        self.docs
+            .retain(|id, _| *id == manifest || listed.contains_key(&id.to_string()));
+        Ok(())
+    }
+
     /// Add or replace one document, reading its kind and owner from its root.
     pub fn insert_doc(&mut self, id: DocumentId, doc: AutoCommit) -> Result<(), EditError> {
         let (kind, owner, coalition) = describe(&doc)?;

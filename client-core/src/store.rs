@@ -273,7 +273,8 @@ impl Store {
         Ok(out)
     }
 
-    /// Load every document of a coalition: one query, one Automerge `load` per document.
+    /// Load a coalition: the manifest and every document it lists (one query, one Automerge
+    /// `load` per document).
     pub fn load(&mut self, coalition: &DocumentId) -> Result<Coalition, StoreError> {
         let mut docs = self.load_docs(coalition)?;
         for (id, doc) in docs.iter_mut() {
@@ -282,7 +283,9 @@ impl Store {
         if docs.is_empty() {
             return Err(StoreError::UnknownCoalition(coalition.to_string()));
         }
-        Ok(Coalition::from_docs(*coalition, docs)?)
+        let mut coalition = Coalition::from_docs(*coalition, docs)?;
+        coalition.retain_listed()?;
+        Ok(coalition)
     }
 
     /// Load the documents of a coalition without assembling them.
