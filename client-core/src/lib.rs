@@ -20,6 +20,7 @@ pub mod ids;
 pub mod model;
 pub mod refdata;
 pub mod report;
+pub mod resolve;
 pub mod store;
 pub mod sync;
 pub mod transport;

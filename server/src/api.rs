@@ -40,6 +40,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/coalitions/{id}/conflicts", get(list_conflicts))
         .route("/api/v1/coalitions/{id}/history", get(list_history))
         .route("/api/v1/coalitions/{id}/at", get(at_date))
+        .merge(crate::dashboard::routes())
         .fallback(|| async { AppError::NotFound("no such route".into()) })
         .with_state(state)
 }
@@ -182,7 +183,7 @@ async fn list_coalitions(
 }
 
 /// Parse a coalition id the device may see.
-fn visible(device: &DeviceAuth, id: &str) -> Result<DocumentId, AppError> {
+pub(crate) fn visible(device: &DeviceAuth, id: &str) -> Result<DocumentId, AppError> {
     let id = DocumentId::parse_id_or_url(id)
         .map_err(|e| AppError::BadRequest(format!("`{id}` is not a coalition id: {e}")))?;
     if !device.coalitions.contains(&id) {
@@ -191,14 +192,14 @@ fn visible(device: &DeviceAuth, id: &str) -> Result<DocumentId, AppError> {
     Ok(id)
 }
 
-fn load(store: &mut Store, id: &DocumentId) -> Result<Coalition, AppError> {
+pub(crate) fn load(store: &mut Store, id: &DocumentId) -> Result<Coalition, AppError> {
     store.load(id).map_err(|e| match e {
         StoreError::UnknownCoalition(_) => AppError::NotFound(format!("no coalition {id}")),
         other => AppError::internal(other),
     })
 }
 
-fn parse_date(field: &str, text: Option<&str>) -> Result<NaiveDate, AppError> {
+pub(crate) fn parse_date(field: &str, text: Option<&str>) -> Result<NaiveDate, AppError> {
     match text {
         None | Some("") => Ok(chrono::Utc::now().date_naive()),
         Some(t) => NaiveDate::parse_from_str(t, "%Y-%m-%d")

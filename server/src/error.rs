@@ -7,6 +7,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use coalition_core::resolve::ResolveError;
+use coalition_core::EditError;
+
 use crate::auth::AuthError;
 
 /// An HTTP error of the relay.
@@ -39,6 +42,13 @@ pub enum AppError {
     /// The actor id is already registered to another device (409 `actor_taken`).
     #[error("this actor id is already registered to another device; generate a new one")]
     ActorTaken,
+    /// The credential's role may not do this (403 `forbidden`).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The field is not in conflict, or not with that value (409 `not_in_conflict`): someone
+    /// decided first.
+    #[error("{0}")]
+    NotInConflict(String),
     /// The relay failed (500 `internal`); details are in the relay's log only.
     #[error("the relay failed to handle this request")]
     Internal(#[source] anyhow::Error),
@@ -56,6 +66,8 @@ impl AppError {
             AppError::InviteUsed => "invite_used",
             AppError::InviteExpired => "invite_expired",
             AppError::ActorTaken => "actor_taken",
+            AppError::Forbidden(_) => "forbidden",
+            AppError::NotInConflict(_) => "not_in_conflict",
             AppError::Internal(_) => "internal",
         }
     }
@@ -65,9 +77,11 @@ impl AppError {
         match self {
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::Unauthorized => StatusCode::UNAUTHORIZED,
-            AppError::DeviceRevoked => StatusCode::FORBIDDEN,
+            AppError::DeviceRevoked | AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::NotFound(_) | AppError::InvalidInvite => StatusCode::NOT_FOUND,
-            AppError::InviteUsed | AppError::ActorTaken => StatusCode::CONFLICT,
+            AppError::InviteUsed | AppError::ActorTaken | AppError::NotInConflict(_) => {
+                StatusCode::CONFLICT
+            }
             AppError::InviteExpired => StatusCode::GONE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -90,6 +104,21 @@ impl From<AuthError> for AppError {
             AuthError::ActorTaken(_) => AppError::ActorTaken,
             AuthError::BadRequest(m) => AppError::BadRequest(m),
             e @ AuthError::NotFound { .. } => AppError::NotFound(e.to_string()),
+            other => AppError::internal(other),
+        }
+    }
+}
+
+impl From<ResolveError> for AppError {
+    fn from(e: ResolveError) -> Self {
+        match e {
+            ResolveError::Edit(e @ EditError::NotAllowed { .. }) => {
+                AppError::Forbidden(e.to_string())
+            }
+            e @ (ResolveError::NotAConflict { .. } | ResolveError::NoSuchValue { .. }) => {
+                AppError::NotInConflict(e.to_string())
+            }
+            e @ ResolveError::NotResolvable { .. } => AppError::BadRequest(e.to_string()),
             other => AppError::internal(other),
         }
     }

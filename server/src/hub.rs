@@ -40,15 +40,19 @@ use std::time::{Duration, Instant};
 use automerge::AutoCommit;
 use coalition_core::coalition::describe;
 use coalition_core::model::DocKind;
+use coalition_core::resolve::{resolve_doc, roles_in, Choice};
 use coalition_core::store::{DocRecord, Store, COMPACT_AFTER};
 use coalition_core::sync::message::{DocUnavailableMessage, ErrorMessage};
 use coalition_core::sync::{
     Action, ConnId, DisconnectReason, DocumentId, DocumentSource, EngineConfig, Message, StorageId,
     SyncEngine,
 };
+use coalition_core::Identity;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::DeviceAuth;
+use crate::error::AppError;
+use crate::events::{Feed, FeedSender};
 use crate::metrics::Metrics;
 
 /// At most this many events are handled between two saves.
@@ -119,6 +123,20 @@ pub enum Event {
     },
     /// Time passed (handshake timeouts, compaction).
     Tick,
+    /// Resolve a conflict of `doc` (dashboard): written as `who`, saved and sent to peers like
+    /// any change; `reply` gets the new change's hash once it is durable.
+    Resolve {
+        /// The coalition (manifest id) the document must belong to.
+        coalition: DocumentId,
+        /// The document holding the conflict.
+        doc: DocumentId,
+        /// The author (the coordinator, on device `dashboard`).
+        who: Identity,
+        /// The value to keep.
+        choice: Choice,
+        /// Answered after the save.
+        reply: oneshot::Sender<Result<String, AppError>>,
+    },
     /// Close every connection, flush, close the store, then answer.
     Shutdown {
         /// Answered once the store is closed.
@@ -298,6 +316,8 @@ struct Batch {
     refused: HashSet<DocumentId>,
     /// Heads of documents before this batch changed them, to find the new changes' actors.
     heads_before: HashMap<DocumentId, (ConnId, Vec<automerge::ChangeHash>)>,
+    /// Answers to send once the batch is saved (or failed to be).
+    replies: Vec<(oneshot::Sender<Result<String, AppError>>, String)>,
 }
 
 /// An actor seen in a connection's changes, for the auth database.
@@ -315,6 +335,8 @@ pub struct HubConfig {
     pub engine: EngineConfig,
     /// How many documents to keep in memory (see the module docs).
     pub max_docs: usize,
+    /// Where to announce the coalitions each saved batch changed (see [`crate::events`]).
+    pub feed: Option<FeedSender>,
 }
 
 /// The hub's state; see the [module documentation](self).
@@ -331,6 +353,7 @@ pub struct Hub {
     /// Devices revoked while the hub runs: a connection authenticated just before its
     /// device's revocation and opened just after is closed too.
     revoked: HashSet<String>,
+    feed: Option<FeedSender>,
 }
 
 /// Start the hub on its own thread. `actors` receives every actor first seen in a device's
@@ -358,6 +381,7 @@ pub fn spawn(
         known_actors: HashSet::new(),
         actors_tx: actors,
         revoked: HashSet::new(),
+        feed: config.feed,
     };
     let thread = std::thread::Builder::new()
         .name("coalition-sync-hub".into())
@@ -386,6 +410,9 @@ impl Hub {
             self.commit(batch);
             self.evict();
             if let Some(done) = shutdown {
+                if let Some(feed) = &self.feed {
+                    let _ = feed.send(Feed::Closing);
+                }
                 self.close_all();
                 rx.close();
                 let Hub { docs, .. } = self;
@@ -465,8 +492,64 @@ impl Hub {
                     }
                 }
             }
+            Event::Resolve {
+                coalition,
+                doc,
+                who,
+                choice,
+                reply,
+            } => match self.resolve(coalition, doc, &who, &choice) {
+                Ok(hash) => {
+                    batch.changed.insert(doc);
+                    let actions = self.engine.local_change(doc, &mut self.docs);
+                    self.perform(actions, batch);
+                    batch.replies.push((reply, hash));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
             Event::Shutdown { .. } => {}
         }
+    }
+
+    /// Write a conflict's chosen value into a loaded document of `coalition`, with the
+    /// author's roles from its manifest (the same rights checks as any edit).
+    fn resolve(
+        &mut self,
+        coalition: DocumentId,
+        doc: DocumentId,
+        who: &Identity,
+        choice: &Choice,
+    ) -> Result<String, AppError> {
+        for id in [coalition, doc] {
+            let belongs = self.docs.ensure_loaded(&id) == Lookup::Stored
+                && self
+                    .docs
+                    .meta
+                    .get(&id)
+                    .is_some_and(|m| m.coalition == coalition);
+            if !belongs {
+                return Err(AppError::NotFound(format!(
+                    "no document {id} in coalition {coalition}"
+                )));
+            }
+        }
+        let manifest = self
+            .docs
+            .loaded
+            .get(&coalition)
+            .ok_or_else(|| AppError::NotFound(format!("no coalition {coalition}")))?;
+        let roles = roles_in(&manifest.doc, &who.org).map_err(AppError::internal)?;
+        self.docs.touch(&doc);
+        let loaded = self
+            .docs
+            .loaded
+            .get_mut(&doc)
+            .ok_or_else(|| AppError::NotFound(format!("no document {doc}")))?;
+        let now = chrono::Utc::now().timestamp();
+        let hash = resolve_doc(&mut loaded.doc, &roles, who, choice, now)?;
+        Ok(hash.to_string())
     }
 
     fn remote_peer(&self, conn: ConnId) -> Option<coalition_core::sync::PeerId> {
@@ -802,6 +885,7 @@ impl Hub {
     /// Save what changed and the peers' sync states (one transaction), then send what was
     /// held back.
     fn commit(&mut self, mut batch: Batch) {
+        let replies = std::mem::take(&mut batch.replies);
         let mut saved = true;
         if !batch.changed.is_empty() || !batch.sync_states.is_empty() {
             if !batch.changed.is_empty() {
@@ -876,7 +960,27 @@ impl Hub {
             }
             batch.out.extend(tail.out);
         }
+        if let (true, Some(feed)) = (saved, &self.feed) {
+            let coalitions: BTreeSet<DocumentId> = batch
+                .changed
+                .iter()
+                .filter_map(|id| self.docs.meta.get(id).map(|m| m.coalition))
+                .collect();
+            for coalition in coalitions {
+                // No receiver (no page open) is not an error.
+                let _ = feed.send(Feed::Changed { coalition });
+            }
+        }
         self.dispatch(batch.out);
+        for (reply, hash) in replies {
+            let _ = reply.send(if saved {
+                Ok(hash)
+            } else {
+                Err(AppError::internal(anyhow::anyhow!(
+                    "saving the resolution failed"
+                )))
+            });
+        }
         self.metrics
             .documents_loaded
             .store(self.docs.loaded.len() as i64, Ordering::Relaxed);

@@ -12,12 +12,16 @@
 //! - [`auth`]: `auth.db`, with invites, devices, credentials and actors;
 //! - [`admin`]: creating coalitions, inviting, the demo set-up;
 //! - [`server`]: [`server::Relay`], which starts all of it and shuts it down;
+//! - [`dashboard`]: the coordinators' web page at `/` and the views it reads; [`events`]: live
+//!   updates as server-sent events;
 //! - [`error`], [`metrics`], [`state`]: the HTTP error type, the counters, the shared state.
 
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod dashboard;
 pub mod error;
+pub mod events;
 pub mod hub;
 pub mod metrics;
 pub mod server;

@@ -8,6 +8,7 @@ use coalition_core::sync::ConnId;
 
 use crate::auth::{AuthDb, DeviceAuth};
 use crate::error::AppError;
+use crate::events::FeedSender;
 use crate::hub::HubHandle;
 use crate::metrics::Metrics;
 
@@ -26,6 +27,8 @@ struct Shared {
     metrics: Arc<Metrics>,
     server_peer_id: String,
     next_conn: AtomicU64,
+    /// Where the hub announces saved changes (see [`crate::events`]).
+    feed: FeedSender,
 }
 
 impl AppState {
@@ -36,6 +39,7 @@ impl AppState {
         hub: HubHandle,
         metrics: Arc<Metrics>,
         server_peer_id: String,
+        feed: FeedSender,
     ) -> AppState {
         AppState {
             inner: Arc::new(Shared {
@@ -45,6 +49,7 @@ impl AppState {
                 metrics,
                 server_peer_id,
                 next_conn: AtomicU64::new(1),
+                feed,
             }),
         }
     }
@@ -52,6 +57,11 @@ impl AppState {
     /// The sync hub.
     pub fn hub(&self) -> &HubHandle {
         &self.inner.hub
+    }
+
+    /// The channel the hub announces saved changes on.
+    pub fn feed(&self) -> &FeedSender {
+        &self.inner.feed
     }
 
     /// The relay's counters.

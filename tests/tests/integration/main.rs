@@ -2,6 +2,12 @@
 
 mod cli;
 mod crash;
+mod dashboard;
+mod js_interop;
 mod merge;
+mod relay_auth;
+mod relay_crash;
+mod relay_fanout;
+mod relay_offline;
 mod support;
 mod two_devices;
