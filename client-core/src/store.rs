@@ -84,6 +84,11 @@ pub struct Store {
     /// loaded or saved: the next save writes only the changes after them. A failed save
     /// leaves them as they were, so the next one writes those changes again.
     saved_heads: HashMap<DocumentId, Vec<ChangeHash>>,
+    /// Chunks this store wrote since [`Store::external_writes`] last looked, so that it can
+    /// tell them from chunks other processes wrote to the same database.
+    own_chunks: std::collections::BTreeSet<i64>,
+    /// The highest chunk id [`Store::external_writes`] has looked at.
+    seen_chunk: i64,
 }
 
 impl std::fmt::Debug for Store {
@@ -169,8 +174,14 @@ impl Store {
             conn,
             path,
             saved_heads: HashMap::new(),
+            own_chunks: Default::default(),
+            seen_chunk: 0,
         };
         store.migrate()?;
+        store.seen_chunk = store
+            .conn
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM chunks", [], |r| r.get(0))
+            .map_err(|e| store.err(e))?;
         Ok(store)
     }
 
@@ -501,6 +512,7 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql)?;
+        let mut written = Vec::new();
         for p in pending {
             let id = p.id.to_string();
             tx.execute(
@@ -515,6 +527,7 @@ impl Store {
                     params![id, p.data],
                 )
                 .map_err(sql)?;
+                written.push(tx.last_insert_rowid());
             }
         }
         for (doc, peer, state) in states {
@@ -525,7 +538,9 @@ impl Store {
             )
             .map_err(sql)?;
         }
-        tx.commit().map_err(sql)
+        tx.commit().map_err(sql)?;
+        self.own_chunks.extend(written);
+        Ok(())
     }
 
     /// Fold the incremental chunks of every document that has at least `min_increments` of them
@@ -586,9 +601,42 @@ impl Store {
                 params![doc_id, snapshot],
             )
             .map_err(sql)?;
+            let written = tx.last_insert_rowid();
             tx.commit().map_err(sql)?;
+            self.own_chunks.insert(written);
         }
         Ok(candidates.len())
+    }
+
+    /// The documents that other processes (an admin command beside a running relay, a second
+    /// `coalition` process on a device) wrote to this database since the last call. The caller
+    /// reloads them with [`Store::load_doc`] and merges them into what it holds in memory.
+    pub fn external_writes(&mut self) -> Result<Vec<DocumentId>, StoreError> {
+        let rows: Vec<(i64, String)> = {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT id, doc_id FROM chunks WHERE id > ?1 ORDER BY id")
+                .map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map([self.seen_chunk], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(|e| self.err(e))?;
+            rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?
+        };
+        let mut docs = Vec::new();
+        for (id, doc) in rows {
+            self.seen_chunk = self.seen_chunk.max(id);
+            if self.own_chunks.contains(&id) {
+                continue;
+            }
+            if let Ok(doc) = doc.parse::<DocumentId>() {
+                if !docs.contains(&doc) {
+                    docs.push(doc);
+                }
+            }
+        }
+        let seen = self.seen_chunk;
+        self.own_chunks.retain(|id| *id > seen);
+        Ok(docs)
     }
 
     /// Compact what has grown and close the database.
@@ -639,5 +687,47 @@ impl Store {
                 |r| r.get(0),
             )
             .map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixture::fixture;
+
+    #[test]
+    fn writes_by_another_process_are_reported_and_own_writes_are_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut relay = Store::open(dir.path()).expect("open");
+        let mut admin = Store::open(dir.path()).expect("open");
+        let mut f = fixture();
+        relay.save_all(&mut f.c).expect("save");
+        assert_eq!(
+            relay.external_writes().expect("look"),
+            vec![],
+            "own writes are not external"
+        );
+        let mut c = admin.load(f.c.id()).expect("load");
+        let coord = f.coordinator.clone();
+        let rate = crate::model::ExchangeRate {
+            currency: "EUR".into(),
+            date: "2021-01-01".into(),
+            usd_per_unit: 1.2,
+            source: "x".into(),
+        };
+        let done = c
+            .apply(
+                &coord,
+                crate::Edit::AddExchangeRate(rate),
+                crate::fixture::T0,
+            )
+            .expect("edit");
+        admin.save(&mut c, &done.docs).expect("save");
+        assert_eq!(relay.external_writes().expect("look"), vec![*f.c.id()]);
+        assert_eq!(
+            relay.external_writes().expect("look"),
+            vec![],
+            "reported once"
+        );
     }
 }

@@ -433,6 +433,9 @@ impl Hub {
                 device,
                 outbox,
             } => {
+                // A device that connects right after an admin command (say, the invite that
+                // enrolled it) must see what that command wrote, not wait for the next tick.
+                self.pick_up_external_writes(batch);
                 if self.revoked.contains(&device.device_id) {
                     let _ = outbox.try_send(Outgoing::Close {
                         code: CLOSE_POLICY,
@@ -483,6 +486,7 @@ impl Hub {
             Event::Tick => {
                 let actions = self.engine.handle_timeout(Instant::now());
                 self.perform(actions, batch);
+                self.pick_up_external_writes(batch);
                 if self.last_compact.elapsed() >= COMPACT_EVERY {
                     self.last_compact = Instant::now();
                     match self.docs.store.compact(COMPACT_AFTER) {
@@ -827,6 +831,54 @@ impl Hub {
         }
     }
 
+    /// Merge what other processes wrote to the store (an `admin invite` adding a member while
+    /// the relay runs) into the documents in memory, and send it to the peers syncing them.
+    fn pick_up_external_writes(&mut self, batch: &mut Batch) {
+        let written = match self.docs.store.external_writes() {
+            Ok(w) => w,
+            Err(error) => {
+                tracing::warn!(%error, "cannot look for writes by other processes");
+                return;
+            }
+        };
+        for doc_id in written {
+            if !self.docs.loaded.contains_key(&doc_id) {
+                continue; // loaded fresh from the store when next needed
+            }
+            let fresh = match self.docs.store.load_doc(&doc_id) {
+                Ok(Some(fresh)) => fresh,
+                Ok(None) => continue,
+                Err(error) => {
+                    tracing::warn!(%doc_id, %error, "cannot reload a document written by another process");
+                    continue;
+                }
+            };
+            let Some(loaded) = self.docs.loaded.get_mut(&doc_id) else {
+                continue;
+            };
+            let before = loaded.doc.get_heads();
+            let mut fresh_doc = fresh.doc;
+            if let Err(error) = loaded.doc.merge(&mut fresh_doc) {
+                tracing::warn!(%doc_id, %error, "cannot merge a document written by another process");
+                continue;
+            }
+            if loaded.doc.get_heads() != before {
+                tracing::info!(%doc_id, "picked up changes written by another process");
+                let actions = self.engine.local_change(doc_id, &mut self.docs);
+                self.perform(actions, batch);
+            }
+        }
+    }
+
+    /// How many documents a connection has pushed that are waiting for their description.
+    fn provisional_of(&self, conn: ConnId) -> usize {
+        self.docs
+            .provisional
+            .values()
+            .filter(|c| **c == conn)
+            .count()
+    }
+
     /// A peer changed a document: decide on a provisional one, and mark it for saving.
     fn on_changed(&mut self, doc_id: DocumentId, batch: &mut Batch) {
         let Some(owner) = self.docs.provisional.get(&doc_id).copied() else {
@@ -852,6 +904,12 @@ impl Hub {
                     }
                     Err(_) => Err(format!("bad coalition id `{coalition_text}`")),
                 },
+                // A stock client's `repo.create()` syncs an empty change before the app
+                // writes the description: wait for it (a bounded number per connection),
+                // without storing or refusing anything yet.
+                Err(_) if undescribed(&l.doc) && self.provisional_of(owner) <= MAX_UNDESCRIBED => {
+                    return;
+                }
                 Err(error) => Err(error.to_string()),
             },
             _ => Err("connection gone".into()),
@@ -1084,4 +1142,19 @@ impl Hub {
         }
         self.dispatch(batch.out);
     }
+}
+
+/// Documents without a description one connection may hold open at once.
+const MAX_UNDESCRIBED: usize = 16;
+
+/// Whether a document names neither its kind nor its coalition yet (as opposed to naming
+/// them wrongly).
+fn undescribed(doc: &automerge::AutoCommit) -> bool {
+    use automerge::ReadDoc;
+    [
+        coalition_core::coalition::META_KIND,
+        coalition_core::coalition::META_COALITION,
+    ]
+    .iter()
+    .all(|k| doc.get(automerge::ROOT, *k).ok().flatten().is_none())
 }

@@ -225,11 +225,14 @@ const note = {
   user: enrolled.user,
   at: now,
 }
+// As apps do: create the document, let its first (empty) change sync, then describe it. The
+// coalition id is written as a plain string, which JavaScript keeps as text.
 const created = repo.create()
+await new Promise(resolve => setTimeout(resolve, 700))
 created.change(
   d => {
     d.doc_kind = new ImmutableString(kind)
-    d.doc_coalition = new ImmutableString(coalitionId)
+    d.doc_coalition = coalitionId
     d.doc_owner = new ImmutableString(enrolled.org)
     d.comments = {}
     d.comments[note.id] = new ImmutableString(JSON.stringify(note))

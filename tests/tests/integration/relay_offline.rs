@@ -22,8 +22,8 @@ struct Device {
 }
 
 /// Creates a coalition on the relay's data directory and invites `people` (user, org, role);
-/// returns the coalition id and the invite codes in order. Runs before the relay starts: an
-/// invite that adds an organisation while the relay runs is not served until a restart (see
+/// returns the coalition id and the invite codes in order. Runs before the relay starts, so
+/// that the scenario does not depend on when a running relay picks up admin writes (that is
 /// `relay_auth::invite_while_the_relay_runs_reaches_devices`).
 pub fn coalition_with_invites(data: &Path, people: &[(&str, &str, &str)]) -> (String, Vec<String>) {
     let d = data.to_str().expect("utf-8 path");

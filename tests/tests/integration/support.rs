@@ -393,13 +393,20 @@ pub fn must_sync(store: &std::path::Path) -> serde_json::Value {
     sync_once(store, 20).unwrap_or_else(|e| panic!("sync of {} failed: {e}", store.display()))
 }
 
-/// `coalition enroll` with an invite; panics on failure.
+/// `coalition enroll` with an invite (bounded: 60 s); panics on failure.
 pub fn enroll(store: &std::path::Path, server: &str, invite: &str, device: &str) {
-    coalition(
+    let out = coalition_bounded(
         store,
         &[
             "enroll", "--server", server, "--invite", invite, "--device", device,
         ],
+        std::time::Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "enroll of {} failed: {}",
+        store.display(),
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 
