@@ -40,9 +40,24 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// The actor id to set on every document this device edits.
+    /// The actor id to set on every document this device edits. Edits check it first
+    /// ([`Identity::check`]), so a damaged identity never writes under an empty actor.
     pub fn actor_id(&self) -> ActorId {
         ActorId::from(hex_decode(&self.actor).unwrap_or_default())
+    }
+
+    /// Refuse an identity whose actor is not 16 bytes of hex (a damaged store or a
+    /// hand-written identity): changes under it could not be attributed.
+    pub fn check(&self) -> Result<(), EditError> {
+        match hex_decode(&self.actor) {
+            Some(bytes) if bytes.len() == 16 => Ok(()),
+            _ => Err(EditError::invalid(
+                "identity",
+                &self.device,
+                "actor",
+                format!("`{}` is not a 32-character hex actor id", self.actor),
+            )),
+        }
     }
 }
 
@@ -235,6 +250,7 @@ impl Coalition {
         creator: Member,
         now: i64,
     ) -> Result<Coalition, EditError> {
+        who.check()?;
         validate::coalition_info(&info)?;
         validate::member(&creator)?;
         if creator.org != who.org {
@@ -406,6 +422,7 @@ impl Coalition {
     /// Apply one edit as `who`, at unix time `now` (seconds). Nothing is written if the author
     /// may not make it or it breaks a hard rule.
     pub fn apply(&mut self, who: &Identity, edit: Edit, now: i64) -> Result<Committed, EditError> {
+        who.check()?;
         let roles = self.roles_of(&who.org)?;
         let kind = edit.doc_kind();
         let owner = match &edit {
