@@ -166,7 +166,7 @@ impl SyncOptions {
             settle: Duration::from_millis(300),
             timeout: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(15),
-            poll_interval: Duration::from_millis(500),
+            poll_interval: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
         })
     }
