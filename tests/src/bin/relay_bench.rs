@@ -13,7 +13,6 @@
 
 mod relay_bench {
     pub mod common;
-    pub mod fixture;
     pub mod load;
     pub mod stock;
     pub mod wire;

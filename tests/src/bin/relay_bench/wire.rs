@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::common::{admin, temp_dir, RelayKind, RelayProc};
-use super::fixture::large;
+use coalition_tests::fixture::large;
 
 /// One frame of an exchange.
 #[derive(Clone, Debug)]

@@ -1,5 +1,5 @@
-//! The coalition the wire benchmark syncs: the same one as `coalition-bench store` builds
-//! (100 hazard areas, 3 operators, 5,000 approved land release entries).
+//! The large coalition both benchmarks use: 100 hazard areas, 3 operators and a given number
+//! of approved land release entries.
 
 use std::collections::BTreeMap;
 
@@ -8,6 +8,7 @@ use chrono::NaiveDate;
 use coalition_core::model::*;
 use coalition_core::{Coalition, Edit, Identity};
 
+/// A benchmark identity with a fixed actor.
 pub fn who(user: &str, org: &str, n: u8) -> Identity {
     Identity {
         user: user.into(),

@@ -1,0 +1,3 @@
+//! Support code shared by the end-to-end tests' and benchmarks' binaries.
+
+pub mod fixture;
