@@ -36,6 +36,24 @@ pub fn may_write(
     }
 }
 
+/// Whether an organisation holding `roles` may create a document of `kind` owned by `owner`.
+/// A manifest is a new coalition, made by a relay administrator, never through sync; the plan
+/// belongs to the coordinator and the mine action centre; a partner or operator document to
+/// its organisation (or the coordinator, who adds members); a comments document to any member.
+pub fn may_create(org: &str, roles: &[Role], kind: DocKind, owner: Option<&str>) -> bool {
+    let has = |r: Role| roles.contains(&r);
+    match kind {
+        DocKind::Manifest => false,
+        DocKind::Plan => has(Role::Coordinator) || has(Role::Nmac),
+        DocKind::Partner => {
+            has(Role::Coordinator)
+                || (owner == Some(org) && (has(Role::Donor) || has(Role::Expertise)))
+        }
+        DocKind::Operator => has(Role::Coordinator) || (owner == Some(org) && has(Role::Operator)),
+        DocKind::Comments => !roles.is_empty(),
+    }
+}
+
 /// Refuse, with a clear error, a write the author may not make.
 pub fn check_write(
     who: &Identity,
@@ -85,6 +103,19 @@ mod tests {
             None,
             keys::NEEDS
         ));
+    }
+
+    #[test]
+    fn who_creates_which_document() {
+        assert!(!may_create("ISU", &[Role::Coordinator], DocKind::Manifest, None));
+        assert!(may_create("ISU", &[Role::Coordinator], DocKind::Partner, Some("donor-DE")));
+        assert!(may_create("donor-DE", &[Role::Donor], DocKind::Partner, Some("donor-DE")));
+        assert!(!may_create("donor-DE", &[Role::Donor], DocKind::Partner, Some("donor-NO")));
+        assert!(!may_create("donor-DE", &[Role::Donor], DocKind::Operator, Some("donor-DE")));
+        assert!(may_create("NPA", &[Role::Operator], DocKind::Operator, Some("NPA")));
+        assert!(!may_create("NPA", &[Role::Operator], DocKind::Plan, None));
+        assert!(may_create("CMC", &[Role::Observer], DocKind::Comments, Some("CMC")));
+        assert!(!may_create("stranger", &[], DocKind::Comments, None));
     }
 
     #[test]

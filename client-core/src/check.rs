@@ -39,9 +39,29 @@ pub enum Refusal {
         /// The actor, hex.
         actor: String,
     },
+    /// The change's actor belongs to a device that was revoked.
+    #[error("actor {actor} belongs to device {device}, which was revoked")]
+    AuthorRevoked {
+        /// The actor, hex.
+        actor: String,
+        /// The device.
+        device: String,
+    },
     /// The author may not write what the change touches.
     #[error(transparent)]
     NotAllowed(EditError),
+    /// The change creates a document its author may not create.
+    #[error("{org} (roles: {roles}) may not create a {kind} document{}", owner.as_ref().map(|o| format!(" of {o}")).unwrap_or_default())]
+    CannotCreate {
+        /// The author's organisation.
+        org: String,
+        /// Its roles, comma separated.
+        roles: String,
+        /// The kind of document.
+        kind: DocKind,
+        /// Its owner, if any.
+        owner: Option<String>,
+    },
     /// The document after the change breaks a hard rule.
     #[error("{0}")]
     Invalid(#[source] EditError),
@@ -102,13 +122,13 @@ pub struct Checked {
 }
 
 /// Check `changes` against `doc` (of `kind`, owned by `owner`), with `author` telling who an
-/// actor is. `doc` itself is not modified.
+/// actor is (or why its changes are refused whatever they do). `doc` itself is not modified.
 pub fn check_changes(
     doc: &mut AutoCommit,
     kind: DocKind,
     owner: Option<&str>,
     changes: Vec<Change>,
-    author: &dyn Fn(&ActorId) -> Option<Author>,
+    author: &mut dyn FnMut(&ActorId) -> Result<Author, Refusal>,
 ) -> Checked {
     let mut out = Checked::default();
     let known: HashSet<ChangeHash> = changes.iter().map(Change::hash).collect();
@@ -183,11 +203,9 @@ fn judge(
     kind: DocKind,
     owner: Option<&str>,
     change: &Change,
-    author: &dyn Fn(&ActorId) -> Option<Author>,
+    author: &mut dyn FnMut(&ActorId) -> Result<Author, Refusal>,
 ) -> Result<(), Refusal> {
-    let who = author(change.actor_id()).ok_or_else(|| Refusal::UnknownAuthor {
-        actor: change.actor_id().to_hex_string(),
-    })?;
+    let who = author(change.actor_id())?;
     let before = fork.get_heads();
     let was_empty = before.is_empty();
     fork.apply_changes([change.clone()])
@@ -218,6 +236,19 @@ fn judge(
             0 => {
                 if let Some(key) = key_of(&p.action) {
                     root_key(kind, owner, &key, was_empty, fork)?;
+                    if key == META_KIND && !access::may_create(&who.org, &who.roles, kind, owner) {
+                        return Err(Refusal::CannotCreate {
+                            org: who.org.clone(),
+                            roles: who
+                                .roles
+                                .iter()
+                                .map(|r| r.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            kind,
+                            owner: owner.map(str::to_string),
+                        });
+                    }
                 }
             }
             1 => {
@@ -421,8 +452,12 @@ mod tests {
         let reg = registry(f);
         let mut doc = doc_of(&f.c, kind, owner);
         let heads = doc.get_heads();
-        let out = check_changes(&mut doc, kind, owner, changes, &|a| {
-            reg.get(&a.to_hex_string()).cloned()
+        let out = check_changes(&mut doc, kind, owner, changes, &mut |a| {
+            reg.get(&a.to_hex_string())
+                .cloned()
+                .ok_or_else(|| Refusal::UnknownAuthor {
+                    actor: a.to_hex_string(),
+                })
         });
         assert_eq!(
             doc.get_heads(),
@@ -627,10 +662,21 @@ mod tests {
         let mut created = doc_of(&f.c, DocKind::Operator, Some("HALO"));
         let changes = created.get_changes(&[]);
         let reg = registry(&f);
+        let mut lookup = |a: &ActorId| {
+            reg.get(&a.to_hex_string())
+                .cloned()
+                .ok_or_else(|| Refusal::UnknownAuthor {
+                    actor: a.to_hex_string(),
+                })
+        };
         let mut empty = AutoCommit::new();
-        let out = check_changes(&mut empty, DocKind::Operator, Some("HALO"), changes, &|a| {
-            reg.get(&a.to_hex_string()).cloned()
-        });
+        let out = check_changes(
+            &mut empty,
+            DocKind::Operator,
+            Some("HALO"),
+            changes,
+            &mut lookup,
+        );
         assert!(out.refused.is_empty(), "{:?}", out.refused);
         assert_eq!(out.accepted.len(), 1);
         // The same document presented as another operator's is refused.
@@ -640,7 +686,7 @@ mod tests {
             DocKind::Operator,
             Some("NPA"),
             created.get_changes(&[]),
-            &|a| reg.get(&a.to_hex_string()).cloned(),
+            &mut lookup,
         );
         assert_eq!(
             reason(&out),

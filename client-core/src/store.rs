@@ -20,8 +20,14 @@ use crate::error::EditError;
 use crate::model::DocKind;
 use crate::sync::DocumentId;
 
+mod held;
+pub use held::{HeldChange, HeldStatus, NewHeld};
+
 /// Numbered schema migrations; the index + 1 is the schema version.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_store.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_store.sql"),
+    include_str!("../migrations/0002_held_changes.sql"),
+];
 
 /// Compact a document once it has this many incremental chunks.
 pub const COMPACT_AFTER: i64 = 32;
@@ -377,6 +383,17 @@ impl Store {
         records: Vec<DocRecord<'_>>,
         states: &[(DocumentId, &str, &[u8])],
     ) -> Result<(), StoreError> {
+        self.save_batch(records, states, &[])
+    }
+
+    /// [`Store::save_docs_and_sync_states`], and in the same transaction changes kept aside
+    /// (see [`NewHeld`]): a relay's batch stores what it applied and what it refused together.
+    pub fn save_batch(
+        &mut self,
+        records: Vec<DocRecord<'_>>,
+        states: &[(DocumentId, &str, &[u8])],
+        held: &[NewHeld],
+    ) -> Result<(), StoreError> {
         let mut pending: Vec<Pending> = Vec::with_capacity(records.len());
         for r in records {
             // A document this store has not seen is written whole; the chunks already in the
@@ -394,7 +411,7 @@ impl Store {
                 heads: r.doc.get_heads(),
             });
         }
-        self.write_chunks(&pending, states)?;
+        self.write_chunks(&pending, states, held)?;
         for p in pending {
             self.saved_heads.insert(p.id, p.heads);
         }
@@ -501,6 +518,7 @@ impl Store {
         &mut self,
         pending: &[Pending],
         states: &[(DocumentId, &str, &[u8])],
+        held: &[NewHeld],
     ) -> Result<(), StoreError> {
         let now = chrono::Utc::now().timestamp();
         let path = self.path.clone();
@@ -538,8 +556,54 @@ impl Store {
             )
             .map_err(sql)?;
         }
+        held::insert(&tx, held).map_err(sql)?;
         tx.commit().map_err(sql)?;
         self.own_chunks.extend(written);
+        Ok(())
+    }
+
+    /// Replace a document's stored bytes with `record`'s whole document, forget every peer's
+    /// sync state of it, and keep `held` aside, in one transaction. A device uses this when
+    /// the relay refused some of its changes: the document goes back to what the relay
+    /// accepts, and the refused changes stay in the store.
+    pub fn replace_doc(
+        &mut self,
+        record: DocRecord<'_>,
+        held: &[NewHeld],
+    ) -> Result<(), StoreError> {
+        let now = chrono::Utc::now().timestamp();
+        let id = record.id.to_string();
+        let data = record.doc.save();
+        let heads = record.doc.get_heads();
+        let path = self.path.clone();
+        let sql = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        tx.execute(
+            "INSERT INTO documents (doc_id, coalition_id, kind, owner, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (doc_id) DO UPDATE SET updated_at = excluded.updated_at",
+            params![id, record.coalition, record.kind.as_str(), record.owner, now],
+        )
+        .map_err(sql)?;
+        tx.execute("DELETE FROM chunks WHERE doc_id = ?1", [&id])
+            .map_err(sql)?;
+        tx.execute(
+            "INSERT INTO chunks (doc_id, snapshot, data) VALUES (?1, 1, ?2)",
+            params![id, data],
+        )
+        .map_err(sql)?;
+        let chunk = tx.last_insert_rowid();
+        tx.execute("DELETE FROM sync_states WHERE doc_id = ?1", [&id])
+            .map_err(sql)?;
+        held::insert(&tx, held).map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        self.own_chunks.insert(chunk);
+        self.saved_heads.insert(record.id, heads);
         Ok(())
     }
 

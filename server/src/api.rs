@@ -92,6 +92,11 @@ pub struct EnrollRequest {
     pub device: String,
     /// The device's automerge actor id, 32 hex digits.
     pub actor: String,
+    /// True for a client that makes a new actor per document (a stock automerge-repo
+    /// client): actors first seen on its connections are then bound to it. Without it, the
+    /// device must make every change with `actor`, and changes by unknown actors are refused.
+    #[serde(default)]
+    pub random_actors: bool,
 }
 
 /// `POST /api/v1/enroll` answer.
@@ -119,7 +124,7 @@ async fn enroll(
 ) -> Result<Json<EnrollResponse>, AppError> {
     let Json(req) = body.map_err(|e| AppError::BadRequest(e.body_text()))?;
     let enrolled = state
-        .with_auth(move |db| Ok(db.enroll(&req.invite, &req.device, &req.actor)?))
+        .with_auth(move |db| Ok(db.enroll_with(&req.invite, &req.device, &req.actor, req.random_actors)?))
         .await?;
     state
         .metrics()

@@ -21,7 +21,10 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 /// Numbered schema migrations; the index + 1 is the schema version.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_auth.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_auth.sql"),
+    include_str!("../migrations/0002_actor_policy.sql"),
+];
 
 /// The file name of the auth database inside the data directory.
 pub const AUTH_DB: &str = "auth.db";
@@ -94,6 +97,21 @@ pub struct DeviceAuth {
     pub role: String,
     /// The coalitions (manifest ids) the device belongs to.
     pub coalitions: BTreeSet<DocumentId>,
+}
+
+/// The device an actor is bound to, and what the relay needs to judge its changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActorOwner {
+    /// The device.
+    pub device_id: String,
+    /// Its person.
+    pub user: String,
+    /// Its organisation.
+    pub org: String,
+    /// Whether the device was revoked.
+    pub revoked: bool,
+    /// Whether the device binds actors first seen on its connections.
+    pub binds_seen_actors: bool,
 }
 
 /// What an enrollment gives the device.
@@ -379,12 +397,26 @@ impl AuthDb {
     }
 
     /// Trade an invite for a device credential. `actor` is the device's automerge actor id
-    /// (32 hex digits), bound to the new device.
+    /// (32 hex digits), bound to the new device; the device keeps to it (see
+    /// [`AuthDb::enroll_with`]).
     pub fn enroll(
         &mut self,
         invite: &str,
         device: &str,
         actor: &str,
+    ) -> Result<Enrolled, AuthError> {
+        self.enroll_with(invite, device, actor, false)
+    }
+
+    /// [`AuthDb::enroll`], saying whether the device makes new actors as it goes (a stock
+    /// automerge-repo client makes one per document): if so, an unbound actor first seen on
+    /// its connections is bound to it; if not, changes by unbound actors are refused.
+    pub fn enroll_with(
+        &mut self,
+        invite: &str,
+        device: &str,
+        actor: &str,
+        binds_seen_actors: bool,
     ) -> Result<Enrolled, AuthError> {
         let device = device.trim();
         if device.is_empty() || device.len() > 200 {
@@ -461,15 +493,17 @@ impl AuthDb {
         let device_id = uuid::Uuid::now_v7().to_string();
         let credential = random_secret("cred-", 32);
         tx.execute(
-            "INSERT INTO devices (id, person_id, name, role, credential_hash, enrolled_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO devices (id, person_id, name, role, credential_hash, enrolled_at,
+                                  binds_seen_actors)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 device_id,
                 person,
                 device,
                 role,
                 hash_secret(&credential),
-                now
+                now,
+                binds_seen_actors
             ],
         )
         .map_err(sql)?;
@@ -545,6 +579,42 @@ impl AuthDb {
             .query_map([device_id], |r| r.get(0))
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// The device an actor is bound to, if any.
+    pub fn actor_owner(&self, actor: &str) -> Result<Option<ActorOwner>, AuthError> {
+        self.conn
+            .query_row(
+                "SELECT d.id, p.user, p.org, d.revoked_at IS NOT NULL, d.binds_seen_actors
+                 FROM actors a JOIN devices d ON d.id = a.device_id
+                 JOIN people p ON p.id = d.person_id WHERE a.actor = ?1",
+                [actor],
+                |r| {
+                    Ok(ActorOwner {
+                        device_id: r.get(0)?,
+                        user: r.get(1)?,
+                        org: r.get(2)?,
+                        revoked: r.get(3)?,
+                        binds_seen_actors: r.get(4)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Whether a device binds actors first seen on its connections (see
+    /// [`AuthDb::enroll_with`]).
+    pub fn binds_seen_actors(&self, device_id: &str) -> Result<bool, AuthError> {
+        self.conn
+            .query_row(
+                "SELECT binds_seen_actors FROM devices WHERE id = ?1",
+                [device_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(|b| b.unwrap_or(false))
+            .map_err(|e| self.err(e))
     }
 
     /// Bind an actor first seen in a device's changes to it. Returns the device the actor is

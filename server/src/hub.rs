@@ -474,6 +474,7 @@ impl Hub {
                         Outgoing::Frame(
                             Message::Error(ErrorMessage {
                                 message: "device_revoked: this device was revoked".into(),
+                                refused: None,
                                 sender_id: Some(self.engine.peer_id().clone()),
                                 target_id: peer,
                             })

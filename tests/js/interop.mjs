@@ -106,7 +106,8 @@ let enrolled
     response = await fetch(`${server}/api/v1/enroll`, {
       method: "POST",
       headers: { "content-type": "application/json" },
-      body: JSON.stringify({ invite: args.invite, device: deviceName, actor }),
+      // A stock repo makes a new actor per document: let the relay bind them to this device.
+      body: JSON.stringify({ invite: args.invite, device: deviceName, actor, random_actors: true }),
       signal: AbortSignal.timeout(TIMEOUT),
     })
   } catch (e) {

@@ -40,7 +40,7 @@ use automerge::AutoCommit;
 
 use super::docid::DocumentId;
 use super::message::{
-    DecodeError, DocUnavailableMessage, EphemeralMessage, ErrorMessage, JoinMessage, Message,
+    DecodeError, DocUnavailableMessage, EphemeralMessage, ErrorMessage, RefusedChange, JoinMessage, Message,
     PeerId, PeerMessage, PeerMetadata, StorageId, SyncMessage, PROTOCOL_V1,
 };
 
@@ -206,6 +206,16 @@ pub enum Action {
         sender_id: PeerId,
         /// The payload.
         data: Vec<u8>,
+    },
+    /// The peer refused changes of ours to a document (they were not applied there; the
+    /// connection stays open). The owner decides what to do with them.
+    ChangesRefused {
+        /// The connection.
+        conn: ConnId,
+        /// The document.
+        doc_id: DocumentId,
+        /// The refused changes (hash, hex) and why.
+        changes: Vec<RefusedChange>,
     },
     /// Something went wrong; the engine has recovered as well as it could. `conn` is the
     /// connection the problem came from, if any.
@@ -501,6 +511,19 @@ impl SyncEngine {
         match (stage, message) {
             (Stage::AwaitingJoin, Message::Join(join)) => self.on_join(conn, join, docs, &mut out),
             (Stage::AwaitingPeer, Message::Peer(peer)) => self.on_peer(conn, peer, docs, &mut out),
+            (Stage::Ready, Message::Error(ErrorMessage {
+                refused: Some(refused),
+                message,
+                ..
+            })) => {
+                // The peer refused some of our changes to one document and goes on syncing.
+                tracing::warn!(%conn, doc = %refused.document_id, %message, "peer refused changes");
+                out.push(Action::ChangesRefused {
+                    conn,
+                    doc_id: refused.document_id,
+                    changes: refused.changes,
+                });
+            }
             (_, Message::Error(e)) => {
                 tracing::info!(%conn, message = %e.message, "peer reported an error");
                 self.drop_connection(conn);
@@ -829,6 +852,7 @@ impl SyncEngine {
                 message: text,
                 sender_id: Some(self.config.peer_id.clone()),
                 target_id,
+                refused: None,
             }),
         });
         self.drop_connection(conn);
@@ -1281,6 +1305,7 @@ mod tests {
         errors: Vec<EngineError>,
         disconnects: Vec<(ConnId, DisconnectReason)>,
         ephemeral: Vec<(DocumentId, PeerId, Vec<u8>)>,
+        refused: Vec<(DocumentId, Vec<RefusedChange>)>,
     }
 
     impl Node {
@@ -1296,6 +1321,7 @@ mod tests {
                 errors: Vec::new(),
                 disconnects: Vec::new(),
                 ephemeral: Vec::new(),
+                refused: Vec::new(),
             }
         }
     }
@@ -1418,6 +1444,9 @@ mod tests {
                         sender_id,
                         data,
                     } => n.ephemeral.push((doc_id, sender_id, data)),
+                    Action::ChangesRefused {
+                        doc_id, changes, ..
+                    } => n.refused.push((doc_id, changes)),
                     Action::Error { error, .. } => n.errors.push(error),
                 }
             }
@@ -1846,5 +1875,39 @@ mod tests {
             value(&net.nodes[RELAY].store.loaded[&id], "k").as_deref(),
             Some("v")
         );
+    }
+
+    #[test]
+    fn a_refusal_is_reported_and_the_connection_stays_open() {
+        let mut net = client_and_relay();
+        let a = DocumentId::new_random();
+        net.nodes[CLIENT]
+            .store
+            .loaded
+            .insert(a, doc_with("a", "from client"));
+        net.connect(CLIENT, RELAY, CONN);
+        let refusal = Message::Error(ErrorMessage {
+            message: "change refused".into(),
+            sender_id: Some(PeerId::from("relay")),
+            target_id: Some(PeerId::from("client")),
+            refused: Some(super::super::message::RefusedChanges {
+                document_id: a,
+                changes: vec![RefusedChange {
+                    hash: "cd".repeat(32),
+                    reason: "observer may not write".into(),
+                }],
+            }),
+        });
+        let n = &mut net.nodes[CLIENT];
+        let actions = n.engine.receive(CONN, refusal, net.now, &mut n.store);
+        net.handle(CLIENT, actions);
+        let client = &net.nodes[CLIENT];
+        assert!(client.disconnects.is_empty(), "{:?}", client.disconnects);
+        assert_eq!(client.refused.len(), 1);
+        assert_eq!(client.refused[0].0, a);
+        assert_eq!(client.refused[0].1[0].reason, "observer may not write");
+        // The connection still syncs.
+        net.share(CLIENT, a);
+        assert!(net.nodes[CLIENT].errors.is_empty());
     }
 }

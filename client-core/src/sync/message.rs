@@ -101,7 +101,8 @@ pub struct PeerMessage {
     pub selected_protocol_version: String,
 }
 
-/// `error`: the sender met a protocol error and is closing the connection.
+/// `error`: the sender met a protocol error and is closing the connection, or, when
+/// `refused` is set, refused some changes and keeps the connection open.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ErrorMessage {
     /// What went wrong, for a human.
@@ -110,6 +111,27 @@ pub struct ErrorMessage {
     pub sender_id: Option<PeerId>,
     /// The recipient, when known.
     pub target_id: Option<PeerId>,
+    /// The changes the sender refused (`documentId` and `refusedChanges` on the wire; peers
+    /// that do not know these fields log the message and go on).
+    pub refused: Option<RefusedChanges>,
+}
+
+/// Changes to one document that a peer refused to apply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusedChanges {
+    /// The document.
+    pub document_id: DocumentId,
+    /// Each refused change.
+    pub changes: Vec<RefusedChange>,
+}
+
+/// One refused change and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusedChange {
+    /// The change hash, hex.
+    pub hash: String,
+    /// Why it was refused, for a human.
+    pub reason: String,
 }
 
 /// `leave`: advisory, the sender is about to disconnect.
@@ -342,6 +364,27 @@ impl Message {
                 if let Some(id) = &m.target_id {
                     map.text("targetId", id.as_str());
                 }
+                if let Some(refused) = &m.refused {
+                    map.text("documentId", &refused.document_id.to_string());
+                    map.put(
+                        "refusedChanges",
+                        Value::Array(
+                            refused
+                                .changes
+                                .iter()
+                                .map(|c| {
+                                    Value::Map(vec![
+                                        (Value::Text("hash".into()), Value::Text(c.hash.clone())),
+                                        (
+                                            Value::Text("reason".into()),
+                                            Value::Text(c.reason.clone()),
+                                        ),
+                                    ])
+                                })
+                                .collect(),
+                        ),
+                    );
+                }
             }
             Message::Leave(m) => {
                 if let Some(id) = &m.sender_id {
@@ -427,6 +470,7 @@ impl Message {
                 message: fields.opt_text("message")?.unwrap_or_default().to_owned(),
                 sender_id: fields.opt_text("senderId")?.map(PeerId::from),
                 target_id: fields.opt_text("targetId")?.map(PeerId::from),
+                refused: fields.refused_changes()?,
             }),
             "leave" => Message::Leave(LeaveMessage {
                 sender_id: fields.opt_text("senderId")?.map(PeerId::from),
@@ -583,6 +627,30 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// The refusal an `error` carries, if any: `documentId` with `refusedChanges`.
+    fn refused_changes(&self) -> Result<Option<RefusedChanges>, DecodeError> {
+        let Some(list) = self.get("refusedChanges") else {
+            return Ok(None);
+        };
+        let Value::Array(items) = list else {
+            return Err(wrong("refusedChanges", "an array of maps"));
+        };
+        let changes = items
+            .iter()
+            .map(|item| {
+                let f = Fields::new(item).map_err(|_| wrong("refusedChanges", "an array of maps"))?;
+                Ok(RefusedChange {
+                    hash: f.text("hash")?.to_owned(),
+                    reason: f.opt_text("reason")?.unwrap_or_default().to_owned(),
+                })
+            })
+            .collect::<Result<Vec<_>, DecodeError>>()?;
+        Ok(Some(RefusedChanges {
+            document_id: self.document_id()?,
+            changes,
+        }))
+    }
+
     /// An optional list of storage ids; absent means empty.
     fn storage_ids(&self, key: &'static str) -> Result<Vec<StorageId>, DecodeError> {
         match self.get(key) {
@@ -729,6 +797,19 @@ mod tests {
                 message: "unsupported protocol version".into(),
                 sender_id: Some(relay.clone()),
                 target_id: None,
+                refused: None,
+            }),
+            Message::Error(ErrorMessage {
+                message: "change refused".into(),
+                sender_id: Some(relay.clone()),
+                target_id: Some(alice.clone()),
+                refused: Some(RefusedChanges {
+                    document_id: doc(),
+                    changes: vec![RefusedChange {
+                        hash: "ab".repeat(32),
+                        reason: "not allowed".into(),
+                    }],
+                }),
             }),
             Message::Leave(LeaveMessage {
                 sender_id: Some(alice.clone()),
@@ -801,7 +882,10 @@ mod tests {
 
     #[test]
     fn encoding_uses_javascript_keys_and_byte_strings() {
-        let sample = samples().remove(5);
+        let sample = samples()
+            .into_iter()
+            .find(|m| matches!(m, Message::Sync(_)))
+            .expect("a sync sample");
         let value: Value = ciborium::from_reader(sample.encode().as_slice()).expect("cbor");
         let fields = Fields::new(&value).expect("a map");
         assert_eq!(fields.text("type").ok(), Some("sync"));

@@ -18,4 +18,6 @@ pub use docid::{DocumentId, DocumentIdError};
 pub use engine::{
     Action, ConnId, DisconnectReason, DocumentSource, EngineConfig, EngineError, SyncEngine,
 };
-pub use message::{DecodeError, Message, PeerId, PeerMetadata, StorageId};
+pub use message::{
+    DecodeError, Message, PeerId, PeerMetadata, RefusedChange, RefusedChanges, StorageId,
+};

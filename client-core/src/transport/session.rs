@@ -28,10 +28,10 @@ use super::keys;
 use crate::coalition::{describe, read_collection, CommitInfo};
 use crate::error::EditError;
 use crate::model::{keys as model_keys, DocEntry, DocKind};
-use crate::store::{DocRecord, Store, StoreError};
+use crate::store::{DocRecord, NewHeld, Store, StoreError};
 use crate::sync::{
     Action, ConnId, DisconnectReason, DocumentId, DocumentSource, EngineConfig, Message, PeerId,
-    StorageId, SyncEngine,
+    RefusedChange, StorageId, SyncEngine,
 };
 
 /// Why a session stopped. Local data is as it was before the batch that failed.
@@ -41,6 +41,16 @@ pub enum SessionError {
     /// The store could not be read or written; the change was not acknowledged.
     #[error("the local store failed; nothing more was acknowledged to the relay")]
     Store(#[from] StoreError),
+    /// Rebuilding a document without the changes the relay refused failed; the document was
+    /// left as it was.
+    #[error("cannot take refused changes out of document {doc_id}")]
+    Rebuild {
+        /// The document.
+        doc_id: DocumentId,
+        /// The cause.
+        #[source]
+        source: automerge::AutomergeError,
+    },
     /// A document from the relay does not say which coalition it belongs to, so it cannot be
     /// stored; it was not acknowledged.
     #[error("document {doc_id} from the relay is not a coalition document; it was not stored")]
@@ -90,6 +100,16 @@ pub enum SessionEvent {
         /// Why.
         reason: DisconnectReason,
     },
+    /// The relay refused changes of this device: they were taken out of the document and
+    /// kept aside (see `coalition status`); the document is back to what the relay accepts.
+    Refused {
+        /// The document.
+        doc_id: DocumentId,
+        /// How many changes were set aside (the refused ones and those built on them).
+        changes: usize,
+        /// The relay's reasons, one per refused change it named.
+        reasons: Vec<String>,
+    },
     /// Something went wrong without ending the session (a malformed frame, a sync state that
     /// could not be saved).
     Warning {
@@ -117,6 +137,8 @@ pub struct SyncStats {
     pub warnings: Vec<String>,
     /// The relay closed the connection with this `error` message.
     pub remote_error: Option<String>,
+    /// Changes the relay refused, set aside in this session (hash and reason).
+    pub refused: Vec<(String, String)>,
 }
 
 /// One document the session syncs.
@@ -595,6 +617,11 @@ impl<'s> Session<'s> {
                     self.events.push_back(SessionEvent::Unavailable { doc_id });
                 }
                 Action::Ephemeral { .. } => {}
+                Action::ChangesRefused {
+                    doc_id, changes, ..
+                } => {
+                    todo.extend(self.set_aside(doc_id, &changes)?);
+                }
                 Action::Error { error, .. } => {
                     self.warn(format!("sync: {}", error_chain(&error)));
                 }
@@ -604,6 +631,90 @@ impl<'s> Session<'s> {
             self.warn(message);
         }
         Ok(())
+    }
+
+    /// The relay refused some of this device's changes to a document: takes them, and every
+    /// local change built on them, out of the document, keeps them aside in the store (one
+    /// transaction with the rewritten document), and syncs the document again from a fresh
+    /// state. Nothing is lost: `coalition status` lists what was set aside.
+    fn set_aside(
+        &mut self,
+        doc_id: DocumentId,
+        refused: &[RefusedChange],
+    ) -> Result<Vec<Action>, SessionError> {
+        let Some(local) = self.local.docs.get_mut(&doc_id) else {
+            return Ok(Vec::new());
+        };
+        let named: BTreeMap<ChangeHash, &str> = refused
+            .iter()
+            .filter_map(|c| Some((c.hash.parse().ok()?, c.reason.as_str())))
+            .collect();
+        let all = local.doc.get_changes(&[]);
+        let mut out: BTreeMap<ChangeHash, String> = BTreeMap::new();
+        let mut kept = Vec::with_capacity(all.len());
+        // `get_changes` lists changes in causal order, so a change's dependencies are judged
+        // before it.
+        for change in all {
+            let hash = change.hash();
+            if let Some(reason) = named.get(&hash) {
+                out.insert(hash, (*reason).to_string());
+            } else if let Some(dep) = change.deps().iter().find(|d| out.contains_key(d)) {
+                out.insert(hash, format!("it depends on change {dep}, which was refused"));
+            } else {
+                kept.push(change);
+                continue;
+            }
+        }
+        if out.is_empty() {
+            // Nothing we hold: a change relayed for someone else, or already set aside.
+            return Ok(Vec::new());
+        }
+        let mut rebuilt = AutoCommit::new().with_actor(local.doc.get_actor().clone());
+        rebuilt
+            .apply_changes(kept)
+            .map_err(|source| SessionError::Rebuild { doc_id, source })?;
+        let (kind, owner, coalition) = describe(&local.doc)
+            .map_err(|source| SessionError::NotACoalitionDocument { doc_id, source })?;
+        let now = chrono::Utc::now().timestamp();
+        let held: Vec<NewHeld> = out
+            .iter()
+            .filter_map(|(hash, reason)| {
+                let change = local.doc.get_change_by_hash(hash)?.clone();
+                Some(NewHeld {
+                    doc_id: doc_id.to_string(),
+                    coalition: coalition.clone(),
+                    author: CommitInfo::parse(change.message())
+                        .map(|i| format!("{} ({}), device {}", i.user, i.org, i.device)),
+                    change,
+                    sent_by: None,
+                    reason: reason.clone(),
+                    at: now,
+                })
+            })
+            .collect();
+        self.local.store.replace_doc(
+            DocRecord {
+                id: doc_id,
+                coalition: &coalition,
+                kind,
+                owner: owner.as_deref(),
+                doc: &mut rebuilt,
+            },
+            &held,
+        )?;
+        local.doc = rebuilt;
+        for (hash, reason) in &out {
+            self.stats.refused.push((hash.to_string(), reason.clone()));
+        }
+        self.events.push_back(SessionEvent::Refused {
+            doc_id,
+            changes: out.len(),
+            reasons: refused.iter().map(|c| c.reason.clone()).collect(),
+        });
+        tracing::warn!(%doc_id, changes = out.len(), "the relay refused changes; they are kept aside");
+        // Sync again from a fresh state: the relay's view of our heads is out of date.
+        self.engine.forget_doc(doc_id);
+        Ok(self.engine.share_doc(doc_id, &mut self.local))
     }
 
     /// Saves a document the relay changed, durably, and reports what arrived.

@@ -544,7 +544,7 @@ pub fn setup_ours(
             now + 3600,
         )?;
         let actor: [u8; 16] = rand::random();
-        let enrolled = auth.enroll(&invite.code, &format!("load-{i}"), &hex(&actor))?;
+        let enrolled = auth.enroll_with(&invite.code, &format!("load-{i}"), &hex(&actor), true)?;
         out.push((enrolled.credential, ActorId::from(&actor[..])));
     }
     Ok((id, out))
