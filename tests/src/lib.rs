@@ -1,3 +1,4 @@
 //! Support code shared by the end-to-end tests' and benchmarks' binaries.
 
+pub mod bad_peer;
 pub mod fixture;

@@ -3,6 +3,7 @@
 mod cli;
 mod crash;
 mod dashboard;
+mod fuzz_corpus;
 mod js_interop;
 mod merge;
 mod relay_auth;
