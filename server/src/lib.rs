@@ -7,7 +7,8 @@
 //!
 //! - [`hub`]: one thread owning the sans-IO [`coalition_core::sync::SyncEngine`], the documents
 //!   in memory and the store; it saves changes before sending anything that reflects them;
-//! - [`ws`]: the WebSocket adapter at `/sync`;
+//! - [`ws`]: the WebSocket adapter at `/sync`; [`quic`]: the QUIC endpoint (quinn), its
+//!   certificate and the pin invites carry;
 //! - [`api`]: the router ([`api::app`]): enrollment, the `/api/v1` views, health and metrics;
 //! - [`auth`]: `auth.db`, with invites, devices, credentials and actors;
 //! - [`admin`]: creating coalitions, inviting, the demo set-up;
@@ -24,6 +25,7 @@ pub mod error;
 pub mod events;
 pub mod hub;
 pub mod metrics;
+pub mod quic;
 pub mod server;
 pub mod state;
 pub mod ws;

@@ -8,9 +8,12 @@ use clap::{Args, Parser, Subcommand};
 use coalition_core::model::{OrgKind, TreatyStatus};
 use coalition_core::store::Store;
 use coalition_core::sync::DocumentId;
+use coalition_core::transport::{Congestion, Invite, QuicEndpoint, SpkiPin};
 use coalition_server::admin::{self, NewCoalition};
 use coalition_server::auth::{AuthDb, InviteSpec};
+use coalition_server::quic::QuicIdentity;
 use coalition_server::{Relay, RelayConfig};
+use rustls::pki_types::pem::PemObject;
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
@@ -43,7 +46,31 @@ struct ServeArgs {
     /// Documents kept in memory; idle ones beyond this are unloaded.
     #[arg(long, default_value_t = 1000)]
     max_docs: usize,
+    /// UDP address of the QUIC sync endpoint [default: 127.0.0.1:8443; if that default is
+    /// taken, the relay runs without QUIC and says so; an address given here must be free].
+    #[arg(long, env = "COALITION_QUIC_LISTEN")]
+    quic_listen: Option<SocketAddr>,
+    /// Serve no QUIC endpoint (devices sync over WebSocket).
+    #[arg(long, conflicts_with = "quic_listen")]
+    no_quic: bool,
+    /// PEM certificate chain for QUIC [default: one made at first start in the data
+    /// directory]. Invites carry the pin of its public key.
+    #[arg(long, requires = "quic_key")]
+    quic_cert: Option<PathBuf>,
+    /// PEM private key of --quic-cert.
+    #[arg(long, requires = "quic_cert")]
+    quic_key: Option<PathBuf>,
+    /// Extra names for the certificate made at first start (the host name devices use).
+    #[arg(long = "quic-name")]
+    quic_names: Vec<String>,
+    /// QUIC congestion controller: bbr (default; random radio loss is not congestion),
+    /// cubic or newreno.
+    #[arg(long, default_value = "bbr")]
+    congestion: Congestion,
 }
+
+/// The QUIC listen address when none is given.
+const DEFAULT_QUIC_LISTEN: &str = "127.0.0.1:8443";
 
 #[derive(Args)]
 struct AdminArgs {
@@ -100,6 +127,16 @@ enum AdminCommand {
         /// Hours until the invite expires.
         #[arg(long, default_value_t = 168)]
         expires_hours: i64,
+        /// The relay's QUIC UDP port, written into the invite with the certificate pin.
+        #[arg(long, default_value_t = 8443)]
+        quic_port: u16,
+        /// The relay's configured QUIC certificate (as given to `serve --quic-cert`); default:
+        /// the one in the data directory.
+        #[arg(long)]
+        quic_cert: Option<PathBuf>,
+        /// Print an invite without the QUIC pin (for a relay run with --no-quic).
+        #[arg(long)]
+        no_quic: bool,
     },
     /// List enrolled devices.
     Devices {
@@ -146,11 +183,55 @@ fn main() -> Result<()> {
     }
 }
 
+/// The QUIC endpoint as `serve` set it up.
+struct QuicServing {
+    endpoint: quinn::Endpoint,
+    addr: SocketAddr,
+    pin: SpkiPin,
+}
+
+/// Binds the QUIC endpoint, unless told not to. A taken default port is not fatal: the relay
+/// serves WebSocket alone and invites carry no pin, so devices do not try a port that is not
+/// ours. An address given explicitly must work.
+fn start_quic(args: &ServeArgs) -> Result<Option<QuicServing>> {
+    if args.no_quic {
+        return Ok(None);
+    }
+    let explicit = args.quic_listen.is_some();
+    let addr = match args.quic_listen {
+        Some(a) => a,
+        None => DEFAULT_QUIC_LISTEN.parse()?,
+    };
+    let identity = match (&args.quic_cert, &args.quic_key) {
+        (Some(cert), Some(key)) => QuicIdentity::load(cert, key)?,
+        _ => QuicIdentity::load_or_create(&args.data, Some(addr), &args.quic_names)?,
+    };
+    let config = identity.server_config(args.congestion)?;
+    match coalition_server::quic::bind(addr, config) {
+        Ok(endpoint) => {
+            let addr = endpoint.local_addr()?;
+            Ok(Some(QuicServing {
+                endpoint,
+                addr,
+                pin: identity.pin(),
+            }))
+        }
+        Err(e) if !explicit => {
+            tracing::warn!(error = %anyhow::Error::from(e), "QUIC is off: its default address is taken; give --quic-listen to choose another");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 async fn serve(args: ServeArgs) -> Result<()> {
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("cannot create the data directory {}", args.data.display()))?;
+    let quic = start_quic(&args)?;
     if args.demo {
         let data = args.data.clone();
         let setup = tokio::task::spawn_blocking(move || -> Result<_> {
@@ -165,7 +246,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             )?)
         })
         .await??;
-        print_demo(&setup, &addr, &args.data);
+        print_demo(&setup, &addr, &args.data, quic.as_ref());
     }
     let relay = Relay::start(RelayConfig {
         data: args.data.clone(),
@@ -174,12 +255,36 @@ async fn serve(args: ServeArgs) -> Result<()> {
     .await
     .with_context(|| format!("cannot open the data directory {}", args.data.display()))?;
     tracing::info!(%addr, data = %args.data.display(), "relay listening");
+    let quic_task = quic.as_ref().map(|q| {
+        tracing::info!(addr = %q.addr, pin = %q.pin, congestion = %args.congestion, "QUIC listening");
+        tokio::spawn(coalition_server::quic::serve(
+            q.endpoint.clone(),
+            relay.state(),
+        ))
+    });
     relay.serve(listener, shutdown_signal()).await?;
+    if let (Some(q), Some(task)) = (quic, quic_task) {
+        // The hub has closed every connection; say goodbye to the rest and stop accepting.
+        q.endpoint
+            .close(quinn::VarInt::from_u32(0), b"relay stopping");
+        if tokio::time::timeout(std::time::Duration::from_secs(2), q.endpoint.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!("QUIC connections did not close within 2 s");
+        }
+        task.abort();
+    }
     tracing::info!("relay stopped");
     Ok(())
 }
 
-fn print_demo(setup: &admin::DemoSetup, addr: &SocketAddr, data: &Path) {
+fn print_demo(
+    setup: &admin::DemoSetup,
+    addr: &SocketAddr,
+    data: &Path,
+    quic: Option<&QuicServing>,
+) {
     let http = format!("http://{addr}");
     let origin = if setup.created {
         "created now".to_string()
@@ -188,6 +293,13 @@ fn print_demo(setup: &admin::DemoSetup, addr: &SocketAddr, data: &Path) {
     };
     println!("Demo coalition {} ({origin})", setup.coalition);
     println!("  sync URL:   ws://{addr}/sync   (Authorization: Bearer <credential>, or ?token=)");
+    match quic {
+        Some(q) => println!(
+            "  QUIC:       udp://{}   certificate pin (SHA-256 of its public key): {}",
+            q.addr, q.pin
+        ),
+        None => println!("  QUIC:       off (devices sync over WebSocket)"),
+    }
     println!("  enroll URL: {http}/api/v1/enroll   (POST {{\"invite\", \"device\", \"actor\"}})");
     println!(
         "  API:        {http}/api/v1/coalitions/{}/report",
@@ -197,13 +309,23 @@ fn print_demo(setup: &admin::DemoSetup, addr: &SocketAddr, data: &Path) {
     println!(
         "One invite per demo role (single use, valid 7 days; new ones are printed at every start):"
     );
+    if quic.is_some() {
+        println!("Each invite ends with the QUIC port and certificate pin; paste it whole.");
+    }
     for (person, invite) in &setup.invites {
+        let code = Invite {
+            code: invite.code.clone(),
+            quic: quic.map(|q| QuicEndpoint {
+                port: q.addr.port(),
+                pin: q.pin,
+            }),
+        };
         println!();
         println!("  {:<12} {:<9} {}", person.role, person.org, person.user);
-        println!("    invite: {}", invite.code);
+        println!("    invite: {code}");
         println!(
-            "    enroll: coalition --store ./devices/{} enroll --server {http} --invite {}",
-            person.org, invite.code
+            "    enroll: coalition --store ./devices/{} enroll --server {http} --invite {code}",
+            person.org
         );
     }
     println!();
@@ -273,6 +395,9 @@ fn admin_command(data: &Path, command: AdminCommand) -> Result<()> {
             org_name,
             role,
             expires_hours,
+            quic_port,
+            quic_cert,
+            no_quic,
         } => {
             if expires_hours <= 0 {
                 bail!("--expires-hours must be positive");
@@ -299,7 +424,32 @@ fn admin_command(data: &Path, command: AdminCommand) -> Result<()> {
                     spec.org, spec.coalition, spec.role
                 );
             }
-            println!("{}", made.invite.code);
+            let quic = if no_quic {
+                None
+            } else {
+                let identity = match &quic_cert {
+                    Some(cert) => {
+                        // Only the public half is needed for the pin.
+                        let pem = std::fs::read(cert)
+                            .with_context(|| format!("cannot read {}", cert.display()))?;
+                        let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem)
+                            .with_context(|| {
+                                format!("{} is not a PEM certificate", cert.display())
+                            })?;
+                        SpkiPin::of_certificate(&der)?
+                    }
+                    None => QuicIdentity::load_or_create(data, None, &[])?.pin(),
+                };
+                Some(QuicEndpoint {
+                    port: quic_port,
+                    pin: identity,
+                })
+            };
+            let invite = Invite {
+                code: made.invite.code.clone(),
+                quic,
+            };
+            println!("{invite}");
         }
         AdminCommand::Devices { coalition, json } => {
             let auth = AuthDb::open(data)?;

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::quic::pin::Invite;
 use super::{add_synced_coalitions, http_url, keys};
 use crate::coalition::Identity;
 use crate::ids::new_actor_id;
@@ -74,6 +75,9 @@ pub struct Enrolled {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EnrollError {
+    /// The invite is not `inv-CODE` or `inv-CODE.PORT.PIN`.
+    #[error(transparent)]
+    BadInvite(#[from] crate::transport::quic::pin::PinError),
     /// The server URL is not an http(s) or ws(s) URL.
     #[error("`{0}` is not a relay URL (expected http://, https://, ws:// or wss://)")]
     InvalidServerUrl(String),
@@ -217,6 +221,8 @@ pub fn enroll(
         Some(identity) => identity.actor.clone(),
         None => new_actor_id().to_hex_string(),
     };
+    // The relay checks the code; the QUIC port and pin after it are for this device.
+    let invite = Invite::parse(invite)?;
     let device = device
         .map(str::to_owned)
         .or_else(|| existing.as_ref().map(|i| i.device.clone()))
@@ -225,7 +231,7 @@ pub fn enroll(
     let answer = post_enroll(
         &server,
         &EnrollRequest {
-            invite,
+            invite: &invite.code,
             device: &device,
             actor: &actor,
         },
@@ -252,6 +258,7 @@ pub fn enroll(
     store.set_meta(keys::DEVICE_ID, &answer.device_id)?;
     store.set_meta(keys::ROLE, &answer.role)?;
     store.set_meta(keys::SERVER_PEER_ID, &answer.server_peer_id)?;
+    super::set_quic_endpoint(store, invite.quic.as_ref())?;
     add_synced_coalitions(store, &coalitions)?;
     Ok(Enrolled {
         server,

@@ -10,15 +10,24 @@
 //!   sync states, and the heads last known to be on the relay. It does no network I/O, so it
 //!   is tested against an in-memory relay;
 //! - [`watcher`]: notices edits that other `coalition` processes write to the same store;
-//! - [`ws`]: the WebSocket transport (tokio-tungstenite, rustls for `wss://`) that drives a
-//!   session: [`sync_once`] and [`watch`] (reconnects with backoff);
-//! - [`status`](mod@status): what the device knows about its sync without the network: relay, identity,
-//!   last sync, and documents whose local changes are not yet known to be on the relay.
+//! - [`ws`]: the sync loop that drives a session, [`sync_once`] and [`watch`] (reconnects with
+//!   backoff), the WebSocket transport (tokio-tungstenite, rustls for `wss://`), and the
+//!   choice between it and QUIC (fallback to WebSocket and back);
+//! - [`quic`]: the QUIC transport (quinn): the relay's certificate pinned by the invite, one
+//!   stream per document, keep-alives, 0-RTT on reconnects, migration;
+//! - `link` (one connection over either transport) and `priority` (small frames before
+//!   large ones) are the loop's parts;
+//! - [`status`](mod@status): what the device knows about its sync without the network: relay,
+//!   identity, last sync, and per document the changes not yet known to be on the relay, when
+//!   it was last in sync and the last error that left it behind.
 //!
 //! Nothing here deletes local data: a refused credential, a dropped link or a document the
 //! relay will not give leaves every stored document as it was.
 
 pub mod enroll;
+mod link;
+mod priority;
+pub mod quic;
 pub mod session;
 pub mod status;
 pub mod watcher;
@@ -28,9 +37,14 @@ pub mod ws;
 mod test_relay;
 
 pub use enroll::{enroll, EnrollError, Enrolled, Enrollment};
+pub use link::TransportKind;
+pub use quic::pin::{Invite, QuicEndpoint, SpkiPin};
+pub use quic::wire::Congestion;
 pub use session::{Session, SessionError, SessionEvent, SyncStats};
 pub use status::{status, DeviceStatus};
-pub use ws::{sync_once, watch, ConnectError, SyncError, SyncOptions, SyncSummary, WatchEvent};
+pub use ws::{
+    sync_once, watch, ConnectError, SyncError, SyncOptions, SyncSummary, Transport, WatchEvent,
+};
 
 use crate::store::{Store, StoreError};
 use crate::sync::DocumentId;
@@ -59,6 +73,57 @@ pub mod keys {
     /// Prefix of `synced_heads:<doc>`: the document's heads when they were last known to be
     /// on the relay (sorted hex hashes, comma-separated).
     pub const SYNCED_HEADS_PREFIX: &str = "synced_heads:";
+    /// The relay's QUIC UDP port, from the invite.
+    pub const QUIC_PORT: &str = "quic_port";
+    /// The pin of the relay's QUIC certificate key, from the invite.
+    pub const QUIC_PIN: &str = "quic_pin";
+    /// JSON map of document id to its last sync and last error (see [`super::status`]).
+    pub const DOC_SYNC: &str = "sync_documents";
+}
+
+/// The relay's QUIC endpoint as enrollment recorded it; `None` when the invite had no pin.
+/// A damaged setting is reported, not ignored: the device would silently stop using QUIC.
+pub fn quic_endpoint(store: &Store) -> Result<Option<QuicEndpoint>, StoreError> {
+    let port = store.meta(keys::QUIC_PORT)?.filter(|p| !p.is_empty());
+    let pin = store.meta(keys::QUIC_PIN)?.filter(|p| !p.is_empty());
+    let (Some(port), Some(pin)) = (port, pin) else {
+        return Ok(None);
+    };
+    match (port.parse::<u16>(), SpkiPin::parse(&pin)) {
+        (Ok(port), Ok(pin)) => Ok(Some(QuicEndpoint { port, pin })),
+        _ => {
+            tracing::warn!(%port, %pin, "the stored QUIC endpoint is unreadable; syncing over WebSocket");
+            Ok(None)
+        }
+    }
+}
+
+/// Records the relay's QUIC endpoint (or forgets it, for an invite without one).
+pub fn set_quic_endpoint(store: &Store, quic: Option<&QuicEndpoint>) -> Result<(), StoreError> {
+    match quic {
+        Some(q) => {
+            store.set_meta(keys::QUIC_PORT, &q.port.to_string())?;
+            store.set_meta(keys::QUIC_PIN, &q.pin.to_string())
+        }
+        None => {
+            store.set_meta(keys::QUIC_PORT, "")?;
+            store.set_meta(keys::QUIC_PIN, "")
+        }
+    }
+}
+
+/// The host of the relay's URL (without port or brackets kept for IPv6).
+pub(crate) fn host_of(server: &str) -> Option<String> {
+    let base = base_url(server)?;
+    let (_, rest) = base.split_once("://")?;
+    let authority = rest.split('/').next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        authority.split(':').next()?
+    };
+    (!host.is_empty()).then(|| host.to_owned())
 }
 
 /// The coalitions this device syncs, as enrollment (or `sync --coalition`) recorded them.
@@ -161,6 +226,15 @@ mod tests {
             Some("https://relay.example.org/api/v1/enroll")
         );
         assert_eq!(sync_url("relay.example.org"), None);
+        assert_eq!(
+            host_of("http://127.0.0.1:8080/").as_deref(),
+            Some("127.0.0.1")
+        );
+        assert_eq!(
+            host_of("https://relay.example.org").as_deref(),
+            Some("relay.example.org")
+        );
+        assert_eq!(host_of("http://[::1]:8080").as_deref(), Some("::1"));
         assert_eq!(sync_url("ftp://x"), None);
     }
 

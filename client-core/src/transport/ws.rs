@@ -1,36 +1,57 @@
-//! The WebSocket transport: connects to the relay's `/sync` with the device credential and
-//! drives a [`Session`] with the frames.
+//! The sync loop and the WebSocket transport: connects to the relay (over QUIC when the
+//! device has the relay's pin and UDP gets through, else over WebSocket at `/sync`) with the
+//! device credential and drives a [`Session`] with the frames.
 //!
-//! - [`connect`] opens the socket (`Authorization: Bearer`, rustls for `wss://`). A relay that
-//!   refuses the credential answers 401/403 with a JSON error before the upgrade; that becomes
-//!   [`ConnectError::Refused`] with the relay's code and message, and nothing is written.
+//! - [`connect`] opens the WebSocket (`Authorization: Bearer`, rustls for `wss://`). A relay
+//!   that refuses the credential answers 401/403 with a JSON error before the upgrade; that
+//!   becomes [`ConnectError::Refused`] with the relay's code and message, and nothing is
+//!   written. Over QUIC the same refusal arrives as the relay's first answer, before any
+//!   document message.
+//! - Choosing the transport ([`Transport`]): `auto` starts QUIC, gives it a head start
+//!   ([`SyncOptions::quic_head_start`]) and then races a WebSocket against it; the first to
+//!   connect carries the sync (QUIC wins a tie). A watching device that fell back to
+//!   WebSocket tries QUIC again every [`SyncOptions::quic_retry`] and moves back when it
+//!   answers.
+//! - The loop sends the session's frames smallest first across documents (each document's
+//!   own frames stay in order): one small recent change is not held behind a large initial
+//!   load. With a [`SyncOptions::budget`], it stops before a frame that would pass it and
+//!   leaves the rest for the next sync.
 //! - [`sync_once`] runs one exchange until it is quiet (every shared document answered and no
 //!   frame for [`SyncOptions::settle`]) or [`SyncOptions::timeout`] passes.
 //! - [`watch`] stays connected, merges edits other processes write to the store, and
 //!   reconnects with exponential backoff and jitter when the link drops; it stops when its
 //!   `shutdown` future completes or the credential is refused.
 //!
+//! After every sync, per-document results go to the store for `coalition status` (see
+//! [`super::status`]): when each document was last in sync with the relay, and the last error
+//! that left it behind.
+//!
 //! Every network wait is bounded: connecting by [`SyncOptions::connect_timeout`], sending by
-//! [`SEND_TIMEOUT`], and a connected link that stays silent for three ping intervals counts
-//! as dropped.
+//! [`SEND_TIMEOUT`], and a connected link that stays silent counts as dropped (three ping
+//! intervals for a WebSocket, QUIC's idle timeout).
 
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{header::AUTHORIZATION, HeaderValue};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::enroll::{snippet, ApiErrorBody};
+use super::link::{Link, LinkEvent, TransportKind};
+use super::priority::Outbox;
+use super::quic::pin::QuicEndpoint;
+use super::quic::wire::Congestion;
+use super::quic::{self, QuicError, QuicLink, QuicTarget};
 use super::session::{error_chain, Session, SessionError, SessionEvent, SyncStats};
+use super::status::DocBook;
 use super::watcher::StoreWatcher;
 use super::{keys, sync_url};
 use crate::store::{Store, StoreError};
@@ -41,9 +62,6 @@ pub type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How long one frame may take to be written before the link counts as dropped.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How often a watching client pings a silent relay.
-const PING_EVERY: Duration = Duration::from_secs(15);
 
 /// The largest frame accepted: the first sync of a big coalition document comes in one
 /// message, and tungstenite's 16 MiB frame default would refuse it.
@@ -97,6 +115,12 @@ pub enum ConnectError {
         /// The start of the body.
         body: String,
     },
+    /// QUIC was asked for, but the device has no pin for the relay (its invite had none).
+    #[error("this device has no QUIC pin for the relay: enroll with an invite that carries one, or sync over WebSocket")]
+    NoQuicPin,
+    /// The relay could not be reached over QUIC.
+    #[error(transparent)]
+    Quic(#[from] QuicError),
 }
 
 /// Why a sync stopped before it could report a summary.
@@ -115,6 +139,35 @@ pub enum SyncError {
     /// The store could not be read.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Which transport to sync over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Transport {
+    /// QUIC when the device has the relay's pin and UDP gets through, else WebSocket; back to
+    /// QUIC when it answers again.
+    #[default]
+    Auto,
+    /// QUIC only (fails when the device has no pin for the relay).
+    Quic,
+    /// WebSocket only.
+    WebSocket,
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Transport::Auto),
+            "quic" => Ok(Transport::Quic),
+            "ws" | "websocket" => Ok(Transport::WebSocket),
+            other => Err(format!(
+                "`{other}` is not a transport (auto, quic or websocket)"
+            )),
+        }
+    }
 }
 
 /// How to sync, and with whom.
@@ -140,6 +193,21 @@ pub struct SyncOptions {
     pub poll_interval: Duration,
     /// The longest wait between two reconnection attempts.
     pub max_backoff: Duration,
+    /// Which transport to use.
+    pub transport: Transport,
+    /// The relay's QUIC port and certificate pin, from the invite; without it the device
+    /// syncs over WebSocket.
+    pub quic: Option<QuicEndpoint>,
+    /// The QUIC congestion controller.
+    pub congestion: Congestion,
+    /// How long QUIC may try alone before a WebSocket races it (`auto`).
+    pub quic_head_start: Duration,
+    /// How often a watching device on WebSocket tries QUIC again (`auto`).
+    pub quic_retry: Duration,
+    /// The most bytes (sent and received frames) one sync may move, for metered links. The
+    /// sync stops before a frame that would pass it, smallest frames first; what is left goes
+    /// next time.
+    pub budget: Option<u64>,
 }
 
 impl SyncOptions {
@@ -168,6 +236,12 @@ impl SyncOptions {
             connect_timeout: Duration::from_secs(15),
             poll_interval: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
+            transport: Transport::Auto,
+            quic: super::quic_endpoint(store)?,
+            congestion: Congestion::default(),
+            quic_head_start: Duration::from_secs(2),
+            quic_retry: Duration::from_secs(60),
+            budget: None,
         })
     }
 
@@ -178,6 +252,20 @@ impl SyncOptions {
             is_ephemeral: false,
         };
         config
+    }
+
+    /// Where QUIC goes, if the device may use it.
+    fn quic_target(&self) -> Result<Option<QuicTarget>, ConnectError> {
+        let Some(endpoint) = self.quic else {
+            return Ok(None);
+        };
+        let host = super::host_of(&self.server)
+            .ok_or_else(|| ConnectError::InvalidServerUrl(self.server.clone()))?;
+        Ok(Some(QuicTarget {
+            host,
+            endpoint,
+            congestion: self.congestion,
+        }))
     }
 }
 
@@ -197,6 +285,12 @@ pub enum Outcome {
     },
     /// The caller asked to stop.
     Stopped,
+    /// [`SyncOptions::budget`] was reached; what was sent and received is kept, the rest goes
+    /// next time.
+    BudgetReached {
+        /// The budget, in bytes.
+        budget: u64,
+    },
 }
 
 /// What one [`sync_once`] did.
@@ -205,6 +299,8 @@ pub struct SyncSummary {
     /// How it ended.
     #[serde(flatten)]
     pub outcome: Outcome,
+    /// The transport it used.
+    pub transport: TransportKind,
     /// Documents synced (shared with the relay).
     pub documents: usize,
     /// Documents the relay has not answered about.
@@ -233,6 +329,11 @@ pub enum WatchEvent {
         reason: String,
         /// The wait before reconnecting.
         retry_in: Duration,
+    },
+    /// A connection to the relay is up over this transport.
+    Linked {
+        /// QUIC or WebSocket.
+        transport: TransportKind,
     },
 }
 
@@ -322,6 +423,79 @@ pub async fn connect(
     }
 }
 
+/// A QUIC connection attempt, boxed so the loop can poll it beside everything else.
+type QuicAttempt = std::pin::Pin<Box<dyn Future<Output = Result<QuicLink, QuicError>>>>;
+
+fn quic_attempt(target: QuicTarget, credential: String, timeout: Duration) -> QuicAttempt {
+    Box::pin(async move { quic::connect(&target, &credential, timeout).await })
+}
+
+/// Opens a link to the relay over the transport [`SyncOptions::transport`] asks for. In
+/// `auto`, QUIC starts alone; after [`SyncOptions::quic_head_start`] a WebSocket races it
+/// and the first link up wins. A refused credential ends the race at once.
+pub(crate) async fn connect_link(options: &SyncOptions) -> Result<Link, ConnectError> {
+    let ws = || {
+        connect(
+            &options.server,
+            &options.credential,
+            options.connect_timeout,
+        )
+    };
+    let target = options.quic_target()?;
+    let target = match (options.transport, target) {
+        (Transport::WebSocket, _) | (Transport::Auto, None) => return Ok(ws().await?.into()),
+        (Transport::Quic, None) => return Err(ConnectError::NoQuicPin),
+        (Transport::Quic, Some(t)) => {
+            return Ok(
+                quic::connect(&t, &options.credential, options.connect_timeout)
+                    .await?
+                    .into(),
+            )
+        }
+        (Transport::Auto, Some(t)) => t,
+    };
+    let mut quic = quic_attempt(target, options.credential.clone(), options.connect_timeout);
+    tokio::select! {
+        r = &mut quic => match r {
+            Ok(link) => return Ok(link.into()),
+            Err(e) => {
+                tracing::info!(error = %error_chain(&e), "QUIC unavailable; using WebSocket");
+                return Ok(ws().await?.into());
+            }
+        },
+        _ = tokio::time::sleep(options.quic_head_start) => {}
+    }
+    let mut websocket = pin!(ws());
+    let mut quic_failed: Option<QuicError> = None;
+    loop {
+        tokio::select! {
+            // QUIC wins a tie.
+            biased;
+            r = &mut quic, if quic_failed.is_none() => match r {
+                Ok(link) => return Ok(link.into()),
+                Err(e) => quic_failed = Some(e),
+            },
+            r = &mut websocket => {
+                return match r {
+                    Ok(ws) => Ok(ws.into()),
+                    Err(e) => {
+                        // Both failed: say why the WebSocket did (the fallback), unless QUIC
+                        // is still trying.
+                        if quic_failed.is_some() || matches!(e, ConnectError::Refused { .. }) {
+                            Err(e)
+                        } else {
+                            match quic.await {
+                                Ok(link) => Ok(link.into()),
+                                Err(_) => Err(e),
+                            }
+                        }
+                    }
+                };
+            }
+        }
+    }
+}
+
 /// Whether a drive is a one-off sync (with its deadline) or a watch.
 enum Mode<'w> {
     Once {
@@ -332,48 +506,70 @@ enum Mode<'w> {
     },
 }
 
+/// How a drive ended: with an outcome, or by moving to a better link (back to QUIC).
+enum Ended {
+    Outcome(Outcome),
+    SwitchTo(Link),
+}
+
 /// Runs one connection until it ends. Frames leave only after the batch of engine actions
-/// that produced them was carried out (received changes saved first).
+/// that produced them was carried out (received changes saved first), smallest first across
+/// documents ([`Outbox`]).
+#[allow(clippy::too_many_arguments)]
 async fn drive<S: Future<Output = ()>>(
     session: &mut Session<'_>,
-    ws: WsStream,
+    link: &mut Link,
     options: &SyncOptions,
     mut mode: Mode<'_>,
     mut shutdown: std::pin::Pin<&mut S>,
     on_event: &mut dyn FnMut(&WatchEvent),
-) -> Result<Outcome, SyncError> {
-    let (mut tx, mut rx) = ws.split();
+    book: &mut DocBook,
+) -> Result<Ended, SyncError> {
     session.connect(std::time::Instant::now())?;
+    on_event(&WatchEvent::Linked {
+        transport: link.kind(),
+    });
     let watching = matches!(mode, Mode::Watch { .. });
     let mut last_activity = Instant::now();
     let mut last_rx = Instant::now();
     // Something happened since the last checkpoint (watch mode records after each burst).
     let mut dirty = true;
+    let mut outbox = Outbox::default();
     let mut poll = tokio::time::interval(options.poll_interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+    let every = link.keepalive_every();
+    let mut keepalive = tokio::time::interval_at(Instant::now() + every, every);
+    // A watching device that fell back to WebSocket looks for QUIC again from time to time.
+    let quic_target = match (watching, options.transport, link.kind()) {
+        (true, Transport::Auto, TransportKind::WebSocket) => options.quic_target()?,
+        _ => None,
+    };
+    let mut next_probe = Instant::now() + options.quic_retry;
+    let mut probe: Option<QuicAttempt> = None;
+    let end = |outcome| Ok(Ended::Outcome(outcome));
     loop {
         if let Some(reason) = emit(session, on_event) {
-            return Ok(Outcome::LinkLost { reason });
+            return end(Outcome::LinkLost { reason });
         }
         while let Some(frame) = session.poll_transmit() {
-            last_activity = Instant::now();
-            match tokio::time::timeout(SEND_TIMEOUT, tx.send(WsMessage::Binary(frame.into()))).await
-            {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    return Ok(Outcome::LinkLost {
-                        reason: error_chain(&e),
-                    })
-                }
-                Err(_) => {
-                    return Ok(Outcome::LinkLost {
-                        reason: "sending to the relay timed out".to_owned(),
-                    })
+            book.saw(&frame);
+            outbox.push(frame);
+        }
+        while let Some(len) = outbox.peek_len() {
+            if let Some(budget) = options.budget {
+                let spent = session.stats().bytes_sent + session.stats().bytes_received;
+                if spent + len as u64 > budget {
+                    link.close().await;
+                    return end(Outcome::BudgetReached { budget });
                 }
             }
+            let Some(frame) = outbox.pop() else { break };
+            last_activity = Instant::now();
+            if let Err(reason) = link.send(frame).await {
+                return end(Outcome::LinkLost { reason });
+            }
         }
-        let settled = session.all_answered() && (dirty || !watching);
+        let settled = session.all_answered() && outbox.is_empty() && (dirty || !watching);
         let settle_at = last_activity + options.settle;
         let engine_at = session.poll_timeout().map(Instant::from_std);
         let deadline = match mode {
@@ -381,53 +577,47 @@ async fn drive<S: Future<Output = ()>>(
             Mode::Watch { .. } => None,
         };
         tokio::select! {
-            frame = rx.next() => {
+            event = link.recv() => {
                 last_rx = Instant::now();
-                match frame {
-                    Some(Ok(WsMessage::Binary(bytes))) => {
+                match event {
+                    LinkEvent::Frame(bytes) => {
                         last_activity = Instant::now();
                         dirty = true;
+                        book.saw(&bytes);
                         session.receive(&bytes, std::time::Instant::now())?;
+                        if let Some(budget) = options.budget {
+                            let spent = session.stats().bytes_sent + session.stats().bytes_received;
+                            if spent >= budget {
+                                emit(session, on_event);
+                                link.close().await;
+                                return end(Outcome::BudgetReached { budget });
+                            }
+                        }
                     }
-                    Some(Ok(WsMessage::Close(frame))) => {
-                        let reason = frame
-                            .map(|f| format!("the relay closed the connection: {} {}", f.code, f.reason))
-                            .unwrap_or_else(|| "the relay closed the connection".to_owned());
+                    LinkEvent::Refused { status, code, message } => {
+                        return Err(ConnectError::Refused { status, code, message }.into());
+                    }
+                    LinkEvent::Closed(reason) => {
                         session.disconnected()?;
                         emit(session, on_event);
-                        return Ok(Outcome::LinkLost { reason });
-                    }
-                    Some(Ok(_)) => {
-                        // Pings are answered by tungstenite; text frames are not part of the
-                        // protocol.
-                    }
-                    Some(Err(e)) => {
-                        session.disconnected()?;
-                        emit(session, on_event);
-                        return Ok(Outcome::LinkLost { reason: error_chain(&e) });
-                    }
-                    None => {
-                        session.disconnected()?;
-                        emit(session, on_event);
-                        return Ok(Outcome::LinkLost {
-                            reason: "the relay closed the connection".to_owned(),
-                        });
+                        return end(Outcome::LinkLost { reason });
                     }
                 }
             }
             _ = tokio::time::sleep_until(settle_at), if settled => {
                 session.checkpoint()?;
+                book.record_quiet(session);
                 dirty = false;
                 let unsent = session.unsent().len();
                 on_event(&WatchEvent::Quiet { unsent });
                 if !watching {
-                    let _ = tokio::time::timeout(SEND_TIMEOUT, tx.send(WsMessage::Close(None))).await;
-                    return Ok(Outcome::Complete);
+                    link.close().await;
+                    return end(Outcome::Complete);
                 }
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                let _ = tokio::time::timeout(SEND_TIMEOUT, tx.send(WsMessage::Close(None))).await;
-                return Ok(Outcome::TimedOut);
+                link.close().await;
+                return end(Outcome::TimedOut);
             }
             _ = tokio::time::sleep_until(engine_at.unwrap_or_else(Instant::now)), if engine_at.is_some() => {
                 session.handle_timeout(std::time::Instant::now())?;
@@ -440,22 +630,39 @@ async fn drive<S: Future<Output = ()>>(
                     }
                 }
             }
-            _ = ping.tick(), if watching => {
-                if last_rx.elapsed() > PING_EVERY * 3 {
+            _ = keepalive.tick(), if watching => {
+                if let Err(reason) = link.keepalive(last_rx).await {
                     session.disconnected()?;
                     emit(session, on_event);
-                    return Ok(Outcome::LinkLost { reason: "the relay stopped answering".to_owned() });
+                    return end(Outcome::LinkLost { reason });
                 }
-                let ping = tokio::time::timeout(SEND_TIMEOUT, tx.send(WsMessage::Ping(Default::default())));
-                if !matches!(ping.await, Ok(Ok(()))) {
-                    session.disconnected()?;
-                    emit(session, on_event);
-                    return Ok(Outcome::LinkLost { reason: "cannot send to the relay".to_owned() });
+            }
+            _ = tokio::time::sleep_until(next_probe), if quic_target.is_some() && probe.is_none() => {
+                if let Some(target) = &quic_target {
+                    probe = Some(quic_attempt(target.clone(), options.credential.clone(), options.connect_timeout));
+                }
+            }
+            r = async { match probe.as_mut() { Some(p) => p.await, None => std::future::pending().await } }, if probe.is_some() => {
+                probe = None;
+                match r {
+                    Ok(quic) => {
+                        tracing::info!("QUIC answers again; moving the sync back to it");
+                        session.checkpoint()?;
+                        book.record_quiet(session);
+                        link.close().await;
+                        session.disconnected()?;
+                        emit(session, on_event);
+                        return Ok(Ended::SwitchTo(quic.into()));
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %error_chain(&e), "QUIC still unavailable");
+                        next_probe = Instant::now() + options.quic_retry;
+                    }
                 }
             }
             _ = &mut shutdown => {
-                let _ = tokio::time::timeout(Duration::from_secs(2), tx.send(WsMessage::Close(None))).await;
-                return Ok(Outcome::Stopped);
+                link.close().await;
+                return end(Outcome::Stopped);
             }
         }
     }
@@ -484,28 +691,33 @@ pub async fn sync_once(
     options: &SyncOptions,
     on_event: &mut dyn FnMut(&WatchEvent),
 ) -> Result<SyncSummary, SyncError> {
-    let ws = connect(
-        &options.server,
-        &options.credential,
-        options.connect_timeout,
-    )
-    .await?;
-    // The session is made only now: until the relay accepted the credential, the store is
-    // only read.
+    let mut link = connect_link(options).await?;
+    let transport = link.kind();
+    let mut book = DocBook::new(store.path());
+    // The session is made only now: until the relay accepted the credential (over QUIC: until
+    // its answer arrives, before which no frame can change anything), the store is only read.
     let mut session = Session::new(store, options.engine_config(), &options.coalitions)?;
     let deadline = Instant::now() + options.timeout;
     let never = pin!(std::future::pending::<()>());
-    let outcome = drive(
+    let ended = drive(
         &mut session,
-        ws,
+        &mut link,
         options,
         Mode::Once { deadline },
         never,
         on_event,
+        &mut book,
     )
     .await?;
+    let outcome = match ended {
+        Ended::Outcome(outcome) => outcome,
+        // Only a watch moves between links.
+        Ended::SwitchTo(_) => Outcome::Complete,
+    };
+    book.record_end(&mut session, &outcome);
     Ok(SyncSummary {
         outcome,
+        transport,
         documents: session.documents(),
         unanswered: session.unanswered(),
         unsent: session.unsent(),
@@ -518,6 +730,8 @@ pub async fn sync_once(
 pub struct WatchSummary {
     /// Connections that completed the handshake.
     pub connections: u64,
+    /// Connections over QUIC, of those.
+    pub quic_connections: u64,
     /// Bytes sent.
     pub bytes_sent: u64,
     /// Bytes received.
@@ -548,30 +762,37 @@ pub async fn watch<S: Future<Output = ()>>(
 ) -> Result<WatchSummary, SyncError> {
     let mut shutdown = pin!(shutdown);
     let mut watcher = StoreWatcher::open(store.path())?;
+    let mut book = DocBook::new(store.path());
     let mut summary = WatchSummary::default();
     let mut received = std::collections::BTreeSet::new();
     let mut attempt: u32 = 0;
+    let mut next: Option<Link> = None;
     loop {
-        let connected = tokio::select! {
-            r = connect(&options.server, &options.credential, options.connect_timeout) => r,
-            _ = &mut shutdown => return Ok(summary),
+        let connected = match next.take() {
+            Some(link) => Ok(link),
+            None => tokio::select! {
+                r = connect_link(options) => r,
+                _ = &mut shutdown => return Ok(summary),
+            },
         };
         let reason = match connected {
-            Ok(ws) => {
+            Ok(mut link) => {
+                let transport = link.kind();
                 // Edits written from now on reach the session through the watcher; the ones
                 // before are in what the session loads.
                 watcher.changes()?;
                 let mut session =
                     Session::new(store, options.engine_config(), &options.coalitions)?;
-                let outcome = drive(
+                let ended = drive(
                     &mut session,
-                    ws,
+                    &mut link,
                     options,
                     Mode::Watch {
                         watcher: Some(&mut watcher),
                     },
                     shutdown.as_mut(),
                     on_event,
+                    &mut book,
                 )
                 .await?;
                 let stats = session.stats();
@@ -581,18 +802,32 @@ pub async fn watch<S: Future<Output = ()>>(
                 summary.received = received.len();
                 if stats.frames_received > 0 {
                     summary.connections += 1;
+                    if transport == TransportKind::Quic {
+                        summary.quic_connections += 1;
+                    }
                     attempt = 0;
                 }
+                let outcome = match ended {
+                    Ended::SwitchTo(quic) => {
+                        next = Some(quic);
+                        continue;
+                    }
+                    Ended::Outcome(outcome) => outcome,
+                };
+                book.record_end(&mut session, &outcome);
                 match outcome {
                     Outcome::Stopped => return Ok(summary),
                     Outcome::LinkLost { reason } => reason,
+                    // A budget is for this run: reconnecting would spend it again.
+                    Outcome::BudgetReached { .. } => return Ok(summary),
                     Outcome::Complete | Outcome::TimedOut => "the connection ended".to_owned(),
                 }
             }
             Err(
                 e @ (ConnectError::Refused { .. }
                 | ConnectError::InvalidServerUrl(_)
-                | ConnectError::InvalidCredential),
+                | ConnectError::InvalidCredential
+                | ConnectError::NoQuicPin),
             ) => return Err(e.into()),
             Err(e) => error_chain(&e),
         };
@@ -612,8 +847,10 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::{Arc, Mutex};
 
+    use futures_util::{SinkExt, StreamExt};
     use tokio::net::TcpListener;
     use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
 
     use super::*;
     use crate::sync::ConnId;
@@ -706,6 +943,12 @@ mod tests {
             connect_timeout: Duration::from_secs(5),
             poll_interval: Duration::from_millis(50),
             max_backoff: Duration::from_millis(400),
+            transport: Transport::WebSocket,
+            quic: None,
+            congestion: Congestion::default(),
+            quic_head_start: Duration::from_secs(1),
+            quic_retry: Duration::from_secs(60),
+            budget: None,
         }
     }
 

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use coalition_core::model::*;
+use coalition_core::transport::{Congestion, Transport};
 
 /// Coalition Sync: keep a country coalition's plan on this device, offline.
 #[derive(Parser, Debug)]
@@ -150,6 +151,17 @@ pub struct SyncArgs {
     /// Give up waiting for the relay's answers after this many seconds (one-off sync).
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
+    /// auto (QUIC when the relay's invite gave a pin and UDP gets through, else WebSocket),
+    /// quic or websocket.
+    #[arg(long, default_value = "auto", env = "COALITION_TRANSPORT")]
+    pub transport: Transport,
+    /// QUIC congestion controller: bbr, cubic or newreno.
+    #[arg(long, default_value = "bbr")]
+    pub congestion: Congestion,
+    /// Stop before moving more than this many bytes (metered links); smallest changes go
+    /// first, the rest next time.
+    #[arg(long)]
+    pub budget: Option<u64>,
 }
 
 #[derive(Args, Debug)]

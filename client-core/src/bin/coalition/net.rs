@@ -69,6 +69,9 @@ pub fn sync(store: &mut Store, json: bool, coalition: Option<&str>, a: SyncArgs)
         bail!("no coalition to sync: enrollment gave none; name one with --coalition")
     }
     options.timeout = Duration::from_secs(a.timeout.max(1));
+    options.transport = a.transport;
+    options.congestion = a.congestion;
+    options.budget = a.budget;
     let rt = runtime()?;
     if a.watch {
         let mut on_event = |e: &WatchEvent| print_watch_event(e, json);
@@ -130,6 +133,12 @@ pub fn sync(store: &mut Store, json: bool, coalition: Option<&str>, a: SyncArgs)
                 Outcome::LinkLost { reason } => {
                     transport::record_failure(store, reason)?;
                     bail!("the link to the relay dropped ({reason}); what was synced is saved, local work is kept; sync again later")
+                }
+                Outcome::BudgetReached { budget } => {
+                    let text = format!("stopped at the budget of {budget} bytes");
+                    transport::record_failure(store, &text)?;
+                    eprintln!("{text}; what was synced is saved, the rest goes next time");
+                    Ok(())
                 }
                 _ => Ok(()),
             }
@@ -195,6 +204,9 @@ fn print_watch_event(e: &WatchEvent, json: bool) {
         WatchEvent::Dropped { reason, retry_in } => serde_json::json!({
             "event": "disconnected", "reason": reason, "retry_in_ms": retry_in.as_millis() as u64,
         }),
+        WatchEvent::Linked { transport } => {
+            serde_json::json!({"event": "linked", "transport": transport})
+        }
         _ => return,
     };
     if json {
@@ -240,6 +252,7 @@ fn print_watch_event(e: &WatchEvent, json: bool) {
             "link lost: {reason}; reconnecting in {:.1} s",
             retry_in.as_secs_f64()
         ),
+        WatchEvent::Linked { transport } => format!("linked over {transport}"),
         _ => return,
     };
     println!("{now}  {text}");
@@ -259,8 +272,9 @@ fn render_summary(s: &SyncSummary, server: &str) -> String {
     let mut out = String::new();
     let stats = &s.stats;
     out.push_str(&format!(
-        "synced {} document(s) with {server}: received changes in {}; sent {}, received {}\n",
+        "synced {} document(s) with {server} over {}: received changes in {}; sent {}, received {}\n",
         s.documents,
+        s.transport,
         stats.received.len(),
         bytes(stats.bytes_sent),
         bytes(stats.bytes_received),
@@ -336,19 +350,36 @@ pub fn status(store: &Store, json: bool) -> Result<()> {
         ));
         for d in &c.unsent {
             out.push_str(&format!(
-                "  {}{} {}{}\n",
+                "  {}{} {}: {} change{} ({}) not on the relay{}; last in sync: {}\n",
                 d.kind.as_deref().unwrap_or("document"),
                 d.owner
                     .as_ref()
                     .map(|o| format!(" of {o}"))
                     .unwrap_or_default(),
                 d.id,
+                d.changes,
+                if d.changes == 1 { "" } else { "s" },
+                bytes(d.bytes),
                 if d.never_synced {
                     " (never synced)"
                 } else {
                     ""
-                }
+                },
+                d.last_sync.as_deref().unwrap_or("never"),
             ));
+            if let Some(e) = &d.last_error {
+                out.push_str(&format!("    last error: {e}\n"));
+            }
+        }
+        // Documents in sync but with an error since (the relay would not give them).
+        for d in c
+            .documents_sync
+            .iter()
+            .filter(|d| d.last_error.is_some() && !c.unsent.iter().any(|u| Some(u.id) == d.id))
+        {
+            if let (Some(id), Some(e)) = (&d.id, &d.last_error) {
+                out.push_str(&format!("  {id}: last error: {e}\n"));
+            }
         }
     }
     out.push_str(&format!(

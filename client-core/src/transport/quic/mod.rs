@@ -1,0 +1,358 @@
+//! The QUIC transport: the device's side of sync over quinn, with the relay's certificate
+//! checked against the pin its invite carried.
+//!
+//! Why QUIC for field links: a lost packet stalls only the stream of the document it belongs
+//! to ([`wire`]), a connection survives the device changing networks (migration is on, and
+//! the connection id, not the address, names it), a reconnect inside one process resumes
+//! the TLS session and sends its `hello` and `join` in 0-RTT, and the congestion controller
+//! is ours to choose (BBR by default, as random radio loss is not congestion).
+//!
+//! 0-RTT data can be replayed by anyone who recorded it, so only the credential `hello` and
+//! the `join` go early: both are idempotent and a replay learns nothing (the replayer cannot
+//! read the answers). Document messages leave only after the relay's `peer`, which needs the
+//! full handshake.
+//!
+//! - [`pin`]: the pin, the invite format that carries it, and the verifier;
+//! - [`wire`]: the stream layout and framing shared with the relay;
+//! - [`connect`] opens a [`QuicLink`], which the sync loop drives like a WebSocket.
+
+pub mod pin;
+pub mod wire;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use quinn::crypto::rustls::QuicClientConfig;
+use quinn::{Connection, Endpoint, VarInt};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use self::pin::{PinVerifier, QuicEndpoint, SpkiPin};
+use self::wire::{Congestion, StreamEvent, StreamRouter};
+use super::enroll::ApiErrorBody;
+use super::session::error_chain;
+use crate::sync::Message;
+
+/// The largest frame a device accepts: a whole document's first sync comes in one message.
+pub const MAX_FRAME: usize = 256 << 20;
+
+/// Why the relay could not be reached over QUIC.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QuicError {
+    /// The relay's host name did not resolve.
+    #[error("cannot resolve {host}")]
+    Resolve {
+        /// The host.
+        host: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No local UDP socket could be opened.
+    #[error("cannot open a UDP socket")]
+    Socket(#[source] std::io::Error),
+    /// The TLS configuration could not be built.
+    #[error("cannot set up TLS for QUIC")]
+    Tls(#[source] rustls::Error),
+    /// The connection could not start (bad address or configuration).
+    #[error("cannot start a QUIC connection to {addr}")]
+    Start {
+        /// The relay's address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: quinn::ConnectError,
+    },
+    /// The handshake failed: no answer, a certificate that does not match the pin, a refused
+    /// protocol.
+    #[error("QUIC handshake with {addr} failed")]
+    Handshake {
+        /// The relay's address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: quinn::ConnectionError,
+    },
+    /// The handshake did not finish in time (UDP blocked, or a very bad link).
+    #[error("no QUIC answer from {addr} within {timeout:?}")]
+    TimedOut {
+        /// The relay's address.
+        addr: SocketAddr,
+        /// The limit.
+        timeout: Duration,
+    },
+    /// The control stream could not be opened or written.
+    #[error("cannot open the control stream to {addr}: {reason}")]
+    Control {
+        /// The relay's address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// How the device reaches the relay over QUIC.
+#[derive(Debug, Clone)]
+pub struct QuicTarget {
+    /// The relay's host (from its URL).
+    pub host: String,
+    /// Port and pin, from the invite.
+    pub endpoint: QuicEndpoint,
+    /// The congestion controller.
+    pub congestion: Congestion,
+}
+
+/// The TLS client configuration for a pin, kept for the life of the process so that a
+/// reconnect resumes the TLS session and can send 0-RTT (rustls keeps the tickets in the
+/// configuration).
+fn client_config(pin: SpkiPin, congestion: Congestion) -> Result<quinn::ClientConfig, QuicError> {
+    static CONFIGS: OnceLock<Mutex<HashMap<SpkiPin, Arc<QuicClientConfig>>>> = OnceLock::new();
+    let configs = CONFIGS.get_or_init(Default::default);
+    // A poisoned lock holds a complete map (inserts are single calls); keep using it.
+    let mut configs = configs.lock().unwrap_or_else(|p| p.into_inner());
+    let crypto = match configs.get(&pin) {
+        Some(c) => c.clone(),
+        None => {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .map_err(QuicError::Tls)?
+                .dangerous()
+                // Not a way around verification: the pin verifier is stricter than a CA.
+                .with_custom_certificate_verifier(PinVerifier::new(pin, &provider))
+                .with_no_client_auth();
+            tls.alpn_protocols = vec![wire::ALPN.to_vec()];
+            tls.enable_early_data = true;
+            let quic = QuicClientConfig::try_from(tls).map_err(|e| {
+                QuicError::Tls(rustls::Error::General(format!("no QUIC cipher suite: {e}")))
+            })?;
+            let quic = Arc::new(quic);
+            configs.insert(pin, quic.clone());
+            quic
+        }
+    };
+    let mut config = quinn::ClientConfig::new(crypto);
+    config.transport_config(Arc::new(wire::transport_config(congestion)));
+    Ok(config)
+}
+
+/// Resolves the relay's QUIC address: the host of its URL, the port of its invite.
+async fn resolve(host: &str, port: u16) -> Result<SocketAddr, QuicError> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let mut addrs = tokio::net::lookup_host((bare, port))
+        .await
+        .map_err(|source| QuicError::Resolve {
+            host: host.to_owned(),
+            source,
+        })?;
+    addrs.next().ok_or_else(|| QuicError::Resolve {
+        host: host.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
+    })
+}
+
+/// A local socket for reaching `addr`: loopback for a loopback relay, any address otherwise.
+fn local_addr_for(addr: SocketAddr) -> SocketAddr {
+    match (addr.is_ipv4(), addr.ip().is_loopback()) {
+        (true, true) => (Ipv4Addr::LOCALHOST, 0).into(),
+        (true, false) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        (false, true) => (Ipv6Addr::LOCALHOST, 0).into(),
+        (false, false) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    }
+}
+
+/// Connects to the relay and sends the credential. Returns once the QUIC handshake is done
+/// (or at once, when the TLS session resumes with 0-RTT); the relay's verdict on the
+/// credential arrives as the link's first event.
+pub async fn connect(
+    target: &QuicTarget,
+    credential: &str,
+    timeout: Duration,
+) -> Result<QuicLink, QuicError> {
+    let addr = resolve(&target.host, target.endpoint.port).await?;
+    let config = client_config(target.endpoint.pin, target.congestion)?;
+    let mut endpoint = Endpoint::client(local_addr_for(addr)).map_err(QuicError::Socket)?;
+    endpoint.set_default_client_config(config);
+    let connecting = endpoint
+        .connect(addr, wire::SERVER_NAME)
+        .map_err(|source| QuicError::Start { addr, source })?;
+    let (conn, early) = match connecting.into_0rtt() {
+        Ok((conn, _accepted)) => (conn, true),
+        Err(connecting) => match tokio::time::timeout(timeout, connecting).await {
+            Ok(Ok(conn)) => (conn, false),
+            Ok(Err(source)) => return Err(QuicError::Handshake { addr, source }),
+            Err(_) => return Err(QuicError::TimedOut { addr, timeout }),
+        },
+    };
+    let control_err = |reason: String| QuicError::Control { addr, reason };
+    let (mut send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| control_err(wire::describe_connection_error(&e)))?;
+    wire::write_frame(&mut send, credential.as_bytes())
+        .await
+        .map_err(|e| control_err(error_chain(&e)))?;
+    tracing::debug!(%addr, early, "QUIC connected");
+    let (events_tx, events) = mpsc::channel(64);
+    let mut tasks = JoinSet::new();
+    wire::spawn_readers(&mut tasks, conn.clone(), recv, MAX_FRAME, events_tx.clone());
+    let router = StreamRouter::new(conn.clone(), send, events_tx);
+    Ok(QuicLink {
+        endpoint,
+        conn,
+        router: Some(router),
+        events,
+        _tasks: tasks,
+        welcomed: false,
+        peer_seen: false,
+        held: VecDeque::new(),
+        ready: VecDeque::new(),
+        early,
+    })
+}
+
+/// What a [`QuicLink`] delivers.
+#[derive(Debug)]
+pub enum QuicEvent {
+    /// A sync message from the relay.
+    Frame(Vec<u8>),
+    /// The relay refused the credential.
+    Refused {
+        /// HTTP-like status (401 unknown, 403 revoked).
+        status: u16,
+        /// The relay's error code.
+        code: String,
+        /// The relay's message.
+        message: String,
+    },
+    /// The connection ended.
+    Closed(String),
+}
+
+/// A connection to the relay over QUIC, as the sync loop sees it: frames in, frames out.
+pub struct QuicLink {
+    // Dropping the endpoint while the connection lives would close the socket under it.
+    endpoint: Endpoint,
+    conn: Connection,
+    router: Option<StreamRouter>,
+    events: mpsc::Receiver<StreamEvent>,
+    _tasks: JoinSet<()>,
+    welcomed: bool,
+    peer_seen: bool,
+    /// Document frames that overtook the relay's `peer` on their own streams.
+    held: VecDeque<Vec<u8>>,
+    /// Frames ready to hand out.
+    ready: VecDeque<Vec<u8>>,
+    early: bool,
+}
+
+impl QuicLink {
+    /// Queues a frame on its stream; never waits.
+    pub fn send(&mut self, frame: Vec<u8>) {
+        if let Some(router) = &mut self.router {
+            router.send(frame);
+        }
+    }
+
+    /// The next event. Cancel-safe.
+    pub async fn recv(&mut self) -> QuicEvent {
+        loop {
+            if let Some(frame) = self.ready.pop_front() {
+                return QuicEvent::Frame(frame);
+            }
+            let Some(event) = self.events.recv().await else {
+                return QuicEvent::Closed("the connection ended".to_owned());
+            };
+            match event {
+                StreamEvent::Ended { reason } => return QuicEvent::Closed(reason),
+                StreamEvent::Frame { bytes, control } if control && !self.welcomed => {
+                    self.welcomed = true;
+                    if let Some(refused) = refusal(&bytes) {
+                        return refused;
+                    }
+                }
+                StreamEvent::Frame { bytes, control } if control => {
+                    if !self.peer_seen && matches!(Message::decode(&bytes), Ok(Message::Peer(_))) {
+                        self.peer_seen = true;
+                        self.ready.push_back(bytes);
+                        self.ready.extend(self.held.drain(..));
+                    } else {
+                        self.ready.push_back(bytes);
+                    }
+                }
+                StreamEvent::Frame { bytes, .. } if self.peer_seen => self.ready.push_back(bytes),
+                StreamEvent::Frame { bytes, .. } => self.held.push_back(bytes),
+            }
+        }
+    }
+
+    /// Whether the first flight went as 0-RTT data.
+    pub fn was_early(&self) -> bool {
+        self.early
+    }
+
+    /// The relay's address as the connection last saw it.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.conn.remote_address()
+    }
+
+    /// Bytes on the wire so far (UDP payloads, both ways): what a metered link bills.
+    pub fn wire_bytes(&self) -> u64 {
+        let stats = self.conn.stats();
+        stats.udp_tx.bytes + stats.udp_rx.bytes
+    }
+
+    /// Moves the connection to a new local socket, as when the device changes networks.
+    pub fn rebind(&self, socket: std::net::UdpSocket) -> std::io::Result<()> {
+        self.endpoint.rebind(socket)
+    }
+
+    /// Sends what is queued (waiting up to `limit` for the relay to take it) and closes.
+    pub async fn close(&mut self, limit: Duration) {
+        if let Some(router) = self.router.take() {
+            router.finish(limit).await;
+        }
+        self.conn
+            .close(VarInt::from_u32(wire::CLOSE_DONE), b"sync finished");
+        // Let the close frame leave before the socket goes.
+        if tokio::time::timeout(Duration::from_millis(500), self.endpoint.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::debug!("the QUIC close was not confirmed");
+        }
+    }
+}
+
+/// The relay's welcome, if it refuses the credential.
+fn refusal(welcome: &[u8]) -> Option<QuicEvent> {
+    #[derive(serde::Deserialize)]
+    struct Welcome {
+        #[serde(default)]
+        ok: bool,
+        #[serde(default)]
+        status: Option<u16>,
+    }
+    let text = String::from_utf8_lossy(welcome);
+    match serde_json::from_str::<Welcome>(&text) {
+        Ok(Welcome { ok: true, .. }) => None,
+        Ok(Welcome { status, .. }) => {
+            let (code, message) = match serde_json::from_str::<ApiErrorBody>(&text) {
+                Ok(ApiErrorBody { error }) => (error.code, error.message),
+                Err(_) => ("unauthorized".to_owned(), text.into_owned()),
+            };
+            Some(QuicEvent::Refused {
+                status: status.unwrap_or(401),
+                code,
+                message,
+            })
+        }
+        Err(_) => Some(QuicEvent::Closed(format!(
+            "the relay's QUIC welcome is unreadable: {}",
+            super::enroll::snippet(&text)
+        ))),
+    }
+}

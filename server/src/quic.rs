@@ -1,0 +1,383 @@
+//! The QUIC endpoint of the sync protocol (quinn): another thin adapter to the hub, exactly
+//! like [`crate::ws`].
+//!
+//! A device opens the control stream and sends its credential first; the relay checks it as
+//! the WebSocket endpoint does, answers with a `welcome` (or the same JSON error and status a
+//! WebSocket client would get, then closes), and from then on moves frames between the hub
+//! and the streams laid out in [`coalition_core::transport::quic::wire`]: one stream per
+//! document and direction, so one large document does not hold up the others.
+//!
+//! TLS: the relay's certificate is made at first start (`rcgen`, ECDSA P-256, names
+//! `localhost`, the listening address and any given) and kept in the data directory
+//! (`quic-cert.pem`, `quic-key.pem`, the key readable by the owner only), unless one is
+//! configured. Devices check it against the SHA-256 pin of its public key that their invite
+//! carries; [`QuicIdentity::pin`] is what `serve --demo` and `admin invite` print.
+//!
+//! 0-RTT is accepted: only the `hello` and the `join` can come in it (the device sends
+//! document messages after the relay's `peer`), and both are idempotent, so a replay
+//! changes nothing. Connection migration is on (a device that changes networks keeps its
+//! connection); keep-alive, idle timeout and congestion controller are the device's.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use coalition_core::sync::ConnId;
+use coalition_core::transport::quic::pin::SpkiPin;
+use coalition_core::transport::quic::wire::{self, Congestion, StreamEvent, StreamRouter};
+use quinn::crypto::rustls::QuicServerConfig;
+use quinn::{Connection, Endpoint, VarInt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::error::AppError;
+use crate::hub::{Event, HubHandle, Outgoing, OUTBOX_CAPACITY};
+use crate::state::AppState;
+use crate::ws::MAX_FRAME;
+
+/// The certificate file the relay makes at first start, in the data directory.
+pub const CERT_FILE: &str = "quic-cert.pem";
+/// Its private key.
+pub const KEY_FILE: &str = "quic-key.pem";
+
+/// How long a device has to send its credential after the handshake.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The largest `hello` (a credential is 69 bytes).
+const MAX_HELLO: usize = 4096;
+
+/// Why the QUIC endpoint could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QuicSetupError {
+    /// A certificate or key file could not be read or written.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A certificate or key file is not PEM of the right kind.
+    #[error("{path} is not a PEM {what}: {detail}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// Certificate or private key.
+        what: &'static str,
+        /// The parser's complaint.
+        detail: String,
+    },
+    /// The certificate could not be made.
+    #[error("cannot make the relay's certificate")]
+    Generate(#[from] rcgen::Error),
+    /// The certificate's public key could not be read.
+    #[error("cannot read the public key of the relay's certificate")]
+    Pin(#[from] coalition_core::transport::quic::pin::PinError),
+    /// rustls refused the certificate and key.
+    #[error("the certificate and key do not make a TLS configuration")]
+    Tls(#[from] rustls::Error),
+    /// The UDP socket could not be bound.
+    #[error("cannot listen for QUIC on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The relay's certificate chain and key.
+pub struct QuicIdentity {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    pin: SpkiPin,
+}
+
+impl QuicIdentity {
+    /// The certificate in `data` (made now if there is none, naming `localhost`, `listen`'s
+    /// address and `names`).
+    pub fn load_or_create(
+        data: &Path,
+        listen: Option<SocketAddr>,
+        names: &[String],
+    ) -> Result<QuicIdentity, QuicSetupError> {
+        let cert = data.join(CERT_FILE);
+        let key = data.join(KEY_FILE);
+        if !cert.exists() || !key.exists() {
+            create(&cert, &key, listen, names)?;
+        }
+        QuicIdentity::load(&cert, &key)
+    }
+
+    /// A configured certificate chain and key (PEM).
+    pub fn load(cert: &Path, key: &Path) -> Result<QuicIdentity, QuicSetupError> {
+        let pem_err = |path: &Path, what, e: rustls::pki_types::pem::Error| QuicSetupError::Pem {
+            path: path.to_path_buf(),
+            what,
+            detail: e.to_string(),
+        };
+        let chain = CertificateDer::pem_file_iter(cert)
+            .map_err(|e| pem_err(cert, "certificate", e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| pem_err(cert, "certificate", e))?;
+        let Some(first) = chain.first() else {
+            return Err(QuicSetupError::Pem {
+                path: cert.to_path_buf(),
+                what: "certificate",
+                detail: "no certificate in the file".to_owned(),
+            });
+        };
+        let pin = SpkiPin::of_certificate(first)?;
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_err(key, "private key", e))?;
+        Ok(QuicIdentity { chain, key, pin })
+    }
+
+    /// The pin devices check the certificate against.
+    pub fn pin(&self) -> SpkiPin {
+        self.pin
+    }
+
+    /// The quinn server configuration: TLS 1.3 with this certificate, 0-RTT accepted,
+    /// migration on, the given congestion controller.
+    pub fn server_config(
+        &self,
+        congestion: Congestion,
+    ) -> Result<quinn::ServerConfig, QuicSetupError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+        tls.alpn_protocols = vec![wire::ALPN.to_vec()];
+        // QUIC allows only 0 or u32::MAX here (RFC 9001, section 4.6.1).
+        tls.max_early_data_size = u32::MAX;
+        let quic = QuicServerConfig::try_from(tls).map_err(|e| {
+            QuicSetupError::Tls(rustls::Error::General(format!("no QUIC cipher suite: {e}")))
+        })?;
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        config.transport_config(Arc::new(wire::transport_config(congestion)));
+        config.migration(true);
+        Ok(config)
+    }
+}
+
+/// Makes a self-signed certificate and writes it, the key readable by the owner only.
+fn create(
+    cert: &Path,
+    key: &Path,
+    listen: Option<SocketAddr>,
+    names: &[String],
+) -> Result<(), QuicSetupError> {
+    let mut sans = vec!["localhost".to_owned()];
+    if let Some(addr) = listen {
+        if !addr.ip().is_unspecified() {
+            sans.push(addr.ip().to_string());
+        }
+    }
+    sans.extend(names.iter().cloned());
+    let made = rcgen::generate_simple_self_signed(sans)?;
+    write_private(key, made.signing_key.serialize_pem().as_bytes())?;
+    std::fs::write(cert, made.cert.pem()).map_err(|source| QuicSetupError::File {
+        path: cert.to_path_buf(),
+        source,
+    })?;
+    tracing::info!(cert = %cert.display(), "made the relay's QUIC certificate");
+    Ok(())
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), QuicSetupError> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file_err = |source| QuicSetupError::File {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = options.open(path).map_err(file_err)?;
+    file.write_all(bytes).map_err(file_err)?;
+    file.sync_all().map_err(file_err)
+}
+
+/// Binds the QUIC endpoint.
+pub fn bind(addr: SocketAddr, config: quinn::ServerConfig) -> Result<Endpoint, QuicSetupError> {
+    Endpoint::server(config, addr).map_err(|source| QuicSetupError::Bind { addr, source })
+}
+
+/// Accepts connections until the endpoint closes; each runs in its own task.
+pub async fn serve(endpoint: Endpoint, state: AppState) {
+    while let Some(incoming) = endpoint.accept().await {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.accept() {
+                // A server's 0.5-RTT conversion always succeeds; see the module docs for why
+                // what a device may send early is safe to act on.
+                Ok(connecting) => match connecting.into_0rtt() {
+                    Ok((conn, _)) => supervise(conn, state).await,
+                    Err(connecting) => match connecting.await {
+                        Ok(conn) => supervise(conn, state).await,
+                        Err(e) => tracing::debug!(%remote, error = %e, "QUIC handshake failed"),
+                    },
+                },
+                Err(e) => tracing::debug!(%remote, error = %e, "QUIC connection refused"),
+            }
+        });
+    }
+}
+
+/// Runs one connection in its own task, so that a panic in it is caught here and the hub
+/// still learns that the connection is gone.
+async fn supervise(conn: Connection, state: AppState) {
+    let metrics_state = state.clone();
+    let metrics = metrics_state.metrics();
+    metrics.connections.fetch_add(1, Ordering::Relaxed);
+    metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+    let id = state.next_conn();
+    let hub = state.hub().clone();
+    let task = tokio::spawn(run(conn, id, state));
+    match task.await {
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(conn = %id, error = %e, "QUIC connection task failed");
+            hub.send(Event::Closed { conn: id }).await;
+        }
+    }
+    metrics.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Authenticates, then moves frames. Returns whether the hub knew the connection.
+async fn run(conn: Connection, id: ConnId, state: AppState) -> bool {
+    let remote = conn.remote_address();
+    let accepted = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await;
+    let (mut send, mut recv) = match accepted {
+        Ok(Ok(streams)) => streams,
+        Ok(Err(e)) => {
+            tracing::debug!(%remote, error = %e, "QUIC connection closed before its hello");
+            return false;
+        }
+        Err(_) => {
+            conn.close(VarInt::from_u32(wire::CLOSE_PROTOCOL), b"no hello");
+            return false;
+        }
+    };
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, wire::read_frame(&mut recv, MAX_HELLO)).await;
+    let credential = match hello {
+        Ok(Ok(Some(bytes))) => String::from_utf8_lossy(&bytes).trim().to_owned(),
+        Ok(Ok(None)) | Err(_) => {
+            conn.close(VarInt::from_u32(wire::CLOSE_PROTOCOL), b"no hello");
+            return false;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%remote, error = %e, "unreadable QUIC hello");
+            conn.close(VarInt::from_u32(wire::CLOSE_PROTOCOL), b"bad hello");
+            return false;
+        }
+    };
+    let device = match state.authenticate(credential).await {
+        Ok(device) => device,
+        Err(error) => {
+            refuse(&conn, &mut send, &error).await;
+            return false;
+        }
+    };
+    if let Err(e) = wire::write_frame(&mut send, br#"{"ok":true}"#).await {
+        tracing::debug!(%remote, error = %e, "cannot welcome a QUIC device");
+        return false;
+    }
+    tracing::info!(conn = %id, %remote, device = %device.device_id, user = %device.user, org = %device.org, "sync connection (QUIC)");
+    let hub = state.hub().clone();
+    let (outbox, frames) = mpsc::channel(OUTBOX_CAPACITY);
+    if !hub
+        .send(Event::Open {
+            conn: id,
+            device,
+            outbox,
+        })
+        .await
+    {
+        return false;
+    }
+    pump(conn, id, send, recv, hub.clone(), frames).await;
+    hub.send(Event::Closed { conn: id }).await;
+    true
+}
+
+/// Tells a device why its credential was refused, as the HTTP endpoints would, and closes.
+async fn refuse(conn: &Connection, send: &mut quinn::SendStream, error: &AppError) {
+    let body = serde_json::json!({
+        "status": error.status().as_u16(),
+        "error": { "code": error.code(), "message": error.to_string() },
+    });
+    tracing::info!(remote = %conn.remote_address(), code = error.code(), "QUIC credential refused");
+    match wire::write_frame(send, body.to_string().as_bytes()).await {
+        Ok(()) => {
+            if send.finish().is_ok() {
+                // Wait (bounded) until the device has the answer, so the close does not
+                // overtake it.
+                if tokio::time::timeout(Duration::from_secs(5), send.stopped())
+                    .await
+                    .is_err()
+                {
+                    tracing::debug!("the refused device did not read its answer");
+                }
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "cannot tell a device its credential was refused"),
+    }
+    conn.close(
+        VarInt::from_u32(wire::CLOSE_REFUSED),
+        error.code().as_bytes(),
+    );
+}
+
+/// Moves frames between the streams and the hub until either side ends.
+async fn pump(
+    conn: Connection,
+    id: ConnId,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    hub: HubHandle,
+    mut frames: mpsc::Receiver<Outgoing>,
+) {
+    let (events_tx, mut events) = mpsc::channel(64);
+    let mut tasks = JoinSet::new();
+    wire::spawn_readers(&mut tasks, conn.clone(), recv, MAX_FRAME, events_tx.clone());
+    let mut router = StreamRouter::new(conn.clone(), send, events_tx);
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(StreamEvent::Frame { bytes, .. }) => {
+                    if !hub.send(Event::Frame { conn: id, bytes }).await {
+                        break;
+                    }
+                }
+                Some(StreamEvent::Ended { reason }) => {
+                    tracing::debug!(conn = %id, %reason, "QUIC connection ended");
+                    break;
+                }
+                None => break,
+            },
+            outgoing = frames.recv() => match outgoing {
+                Some(Outgoing::Frame(bytes)) => router.send(bytes),
+                Some(Outgoing::Close { code, reason }) => {
+                    // The engine's last words (an `error`) go out before the close.
+                    router.finish(Duration::from_secs(2)).await;
+                    conn.close(VarInt::from_u32(u32::from(code)), reason.as_bytes());
+                    return;
+                }
+                // The hub dropped us (slow peer) or stopped.
+                None => break,
+            },
+        }
+    }
+    conn.close(VarInt::from_u32(wire::CLOSE_DONE), b"");
+}
