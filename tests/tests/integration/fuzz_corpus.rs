@@ -31,7 +31,7 @@ fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
         };
         for entry in entries {
             let path = entry.expect("read a corpus directory").path();
-            if path.is_file() && !path.file_name().is_some_and(|n| n == "README.md") {
+            if path.is_file() && path.file_name().is_none_or(|n| n != "README.md") {
                 let bytes = std::fs::read(&path).expect("read a corpus file");
                 out.push((path, bytes));
             }
@@ -47,9 +47,7 @@ fn template() -> &'static (tempfile::TempDir, DocumentId) {
     TEMPLATE.get_or_init(|| {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut fixtures = Fixtures::load(&fixtures_dir()).expect("fixtures");
-        fixtures
-            .store_template(dir.path())
-            .expect("template store");
+        fixtures.store_template(dir.path()).expect("template store");
         let ours = *fixtures.ours.id();
         (dir, ours)
     })
@@ -202,7 +200,8 @@ fn seed_corpus_matches_the_fixtures() {
     }
     let mut fixtures = Fixtures::load(&fixtures_dir).expect("fixtures");
     let sessions = seed_sessions(&mut fixtures).expect("seed sessions");
-    let mut frames: Vec<(String, Vec<u8>)> = vec![("join".into(), coalition_tests::bad_peer::join(SESSION_PEER))];
+    let mut frames: Vec<(String, Vec<u8>)> =
+        vec![("join".into(), coalition_tests::bad_peer::join(SESSION_PEER))];
     for (name, session) in &sessions {
         for (i, frame) in session.iter().enumerate() {
             frames.push((format!("{name}-{i}"), frame.clone()));
@@ -247,7 +246,13 @@ fn seeds(target: &str) -> &'static [Vec<u8>] {
 }
 
 /// A seed with bytes overwritten, cut short, or with frames of another seed spliced in.
-fn mutate(seeds: &[Vec<u8>], pick: usize, edits: &[(usize, u8)], cut: Option<usize>, splice: Option<usize>) -> Vec<u8> {
+fn mutate(
+    seeds: &[Vec<u8>],
+    pick: usize,
+    edits: &[(usize, u8)],
+    cut: Option<usize>,
+    splice: Option<usize>,
+) -> Vec<u8> {
     let mut bytes = seeds[pick % seeds.len()].clone();
     if let Some(other) = splice {
         bytes.extend_from_slice(&seeds[other % seeds.len()]);
@@ -283,8 +288,8 @@ proptest! {
 }
 
 proptest! {
-    // Each case starts a hub on a fresh store: few cases, so the suite stays fast.
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    // Each case starts a hub on a fresh copy of a small store (about a millisecond).
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
     fn mutated_seed_sessions_leave_the_hub_serving(
