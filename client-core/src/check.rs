@@ -51,7 +51,7 @@ pub enum Refusal {
     #[error(transparent)]
     NotAllowed(EditError),
     /// The change creates a document its author may not create.
-    #[error("{org} (roles: {roles}) may not create a {kind} document{}", owner.as_ref().map(|o| format!(" of {o}")).unwrap_or_default())]
+    #[error("{org} ({roles}) may not create a document of kind {kind}{}", owner.as_ref().map(|o| format!(" owned by {o}")).unwrap_or_default())]
     CannotCreate {
         /// The author's organisation.
         org: String,

@@ -41,6 +41,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/coalitions/{id}/history", get(list_history))
         .route("/api/v1/coalitions/{id}/at", get(at_date))
         .merge(crate::dashboard::routes())
+        .merge(crate::quarantine::routes())
         .fallback(|| async { AppError::NotFound("no such route".into()) })
         .with_state(state)
 }

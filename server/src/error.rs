@@ -49,6 +49,10 @@ pub enum AppError {
     /// decided first.
     #[error("{0}")]
     NotInConflict(String),
+    /// The request conflicts with the state of what it names (409 `conflict`), e.g. a
+    /// quarantined change already decided.
+    #[error("{0}")]
+    Conflict(String),
     /// The relay failed (500 `internal`); details are in the relay's log only.
     #[error("the relay failed to handle this request")]
     Internal(#[source] anyhow::Error),
@@ -68,6 +72,7 @@ impl AppError {
             AppError::ActorTaken => "actor_taken",
             AppError::Forbidden(_) => "forbidden",
             AppError::NotInConflict(_) => "not_in_conflict",
+            AppError::Conflict(_) => "conflict",
             AppError::Internal(_) => "internal",
         }
     }
@@ -79,9 +84,10 @@ impl AppError {
             AppError::Unauthorized => StatusCode::UNAUTHORIZED,
             AppError::DeviceRevoked | AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::NotFound(_) | AppError::InvalidInvite => StatusCode::NOT_FOUND,
-            AppError::InviteUsed | AppError::ActorTaken | AppError::NotInConflict(_) => {
-                StatusCode::CONFLICT
-            }
+            AppError::InviteUsed
+            | AppError::ActorTaken
+            | AppError::NotInConflict(_)
+            | AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::InviteExpired => StatusCode::GONE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -38,11 +38,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use automerge::AutoCommit;
+use coalition_core::check::{Author, Refusal};
 use coalition_core::coalition::describe;
 use coalition_core::model::DocKind;
+use coalition_core::model::Role;
 use coalition_core::resolve::{resolve_doc, roles_in, Choice};
-use coalition_core::store::{DocRecord, Store, COMPACT_AFTER};
-use coalition_core::sync::message::{DocUnavailableMessage, ErrorMessage};
+use coalition_core::store::{DocRecord, NewHeld, Store, COMPACT_AFTER};
+use coalition_core::sync::message::{
+    DocUnavailableMessage, ErrorMessage, RefusedChange, RefusedChanges, SyncMessage,
+};
 use coalition_core::sync::{
     Action, ConnId, DisconnectReason, DocumentId, DocumentSource, EngineConfig, Message, StorageId,
     SyncEngine,
@@ -51,9 +55,11 @@ use coalition_core::Identity;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::DeviceAuth;
+use crate::authors::Authors;
 use crate::error::AppError;
 use crate::events::{Feed, FeedSender};
 use crate::metrics::Metrics;
+use crate::screen::{self, Pending};
 
 /// At most this many events are handled between two saves.
 pub const MAX_BATCH: usize = 256;
@@ -136,6 +142,21 @@ pub enum Event {
         choice: Choice,
         /// Answered after the save.
         reply: oneshot::Sender<Result<String, AppError>>,
+    },
+    /// Accept or discard a change held in quarantine (HTTP, coordinators): an accepted one is
+    /// applied, saved and sent to peers like any change; `reply` gets the numbers of the held
+    /// changes decided once that is durable.
+    Quarantine {
+        /// The coalition (manifest id) the change must belong to.
+        coalition: DocumentId,
+        /// The held change's number.
+        id: i64,
+        /// Accept or discard.
+        decision: crate::quarantine::Decision,
+        /// Who decided (`user (org), device …`).
+        by: String,
+        /// Answered after the save.
+        reply: oneshot::Sender<Result<Vec<i64>, AppError>>,
     },
     /// Close every connection, flush, close the store, then answer.
     Shutdown {
@@ -287,6 +308,29 @@ impl Docs {
         self.loaded.remove(doc_id);
         self.store.forget(doc_id);
     }
+
+    /// The roles of a coalition's member organisations, from its manifest (loaded if needed).
+    fn member_roles(&mut self, coalition: &DocumentId) -> HashMap<String, Vec<Role>> {
+        if self.ensure_loaded(coalition) != Lookup::Stored {
+            return HashMap::new();
+        }
+        let Some(manifest) = self.loaded.get(coalition) else {
+            return HashMap::new();
+        };
+        match coalition_core::coalition::read_collection::<coalition_core::model::Member>(
+            &manifest.doc,
+            coalition_core::model::keys::MEMBERS,
+        ) {
+            Ok(members) => members
+                .into_iter()
+                .map(|(org, m)| (org, m.role_set()))
+                .collect(),
+            Err(error) => {
+                tracing::error!(%coalition, %error, "the member list is unreadable; no one may write");
+                HashMap::new()
+            }
+        }
+    }
 }
 
 /// Per connection state the hub keeps besides the engine's.
@@ -318,15 +362,19 @@ struct Batch {
     heads_before: HashMap<DocumentId, (ConnId, Vec<automerge::ChangeHash>)>,
     /// Answers to send once the batch is saved (or failed to be).
     replies: Vec<(oneshot::Sender<Result<String, AppError>>, String)>,
+    /// Changes refused in this batch, for the quarantine.
+    held: Vec<NewHeld>,
+    /// Quarantined changes accepted in this batch: marked accepted once the batch is saved.
+    accepted: Vec<Accepted>,
+    /// Manifests changed in this batch: memberships to look at again.
+    manifests: BTreeSet<DocumentId>,
 }
 
-/// An actor seen in a connection's changes, for the auth database.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct SeenActor {
-    /// The actor, hex.
-    pub actor: String,
-    /// The device whose connection brought it.
-    pub device_id: String,
+/// Quarantined changes applied in a batch, to mark accepted once it is saved.
+struct Accepted {
+    ids: Vec<i64>,
+    by: String,
+    reply: oneshot::Sender<Result<Vec<i64>, AppError>>,
 }
 
 /// How the hub is set up.
@@ -347,22 +395,26 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     max_docs: usize,
     last_compact: Instant,
-    /// Actors already reported, so each is sent to the auth database once.
-    known_actors: HashSet<String>,
-    actors_tx: Option<mpsc::UnboundedSender<SeenActor>>,
+    /// Who made a change; `None` on a hub without an auth database (tests), which then
+    /// applies every change it receives unchecked.
+    authors: Option<Authors>,
+    /// What the change screen remembers per document.
+    pending: HashMap<DocumentId, Pending>,
+    /// The roles of each coalition's member organisations, read from its manifest.
+    members: HashMap<DocumentId, HashMap<String, Vec<Role>>>,
     /// Devices revoked while the hub runs: a connection authenticated just before its
     /// device's revocation and opened just after is closed too.
     revoked: HashSet<String>,
     feed: Option<FeedSender>,
 }
 
-/// Start the hub on its own thread. `actors` receives every actor first seen in a device's
-/// changes (the server binds it to the device in `auth.db`).
+/// Start the hub on its own thread. `authors` tells who made each incoming change (see
+/// [`crate::screen`]); without it every change is applied unchecked, which only tests want.
 pub fn spawn(
     config: HubConfig,
     store: Store,
     metrics: Arc<Metrics>,
-    actors: Option<mpsc::UnboundedSender<SeenActor>>,
+    authors: Option<Authors>,
 ) -> std::io::Result<(HubHandle, std::thread::JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
     let hub = Hub {
@@ -378,8 +430,9 @@ pub fn spawn(
         metrics,
         max_docs: config.max_docs.max(1),
         last_compact: Instant::now(),
-        known_actors: HashSet::new(),
-        actors_tx: actors,
+        authors,
+        pending: HashMap::new(),
+        members: HashMap::new(),
         revoked: HashSet::new(),
         feed: config.feed,
     };
@@ -459,6 +512,9 @@ impl Hub {
             Event::Closed { conn } => self.on_closed(conn, batch),
             Event::Revoked { devices } => {
                 self.revoked.extend(devices.iter().cloned());
+                if let Some(authors) = &mut self.authors {
+                    authors.revoked(&devices);
+                }
                 let doomed: Vec<ConnId> = self
                     .conns
                     .iter()
@@ -506,6 +562,7 @@ impl Hub {
             } => match self.resolve(coalition, doc, &who, &choice) {
                 Ok(hash) => {
                     batch.changed.insert(doc);
+                    self.note_manifest_change(doc, batch);
                     let actions = self.engine.local_change(doc, &mut self.docs);
                     self.perform(actions, batch);
                     batch.replies.push((reply, hash));
@@ -514,7 +571,86 @@ impl Hub {
                     let _ = reply.send(Err(e));
                 }
             },
+            Event::Quarantine {
+                coalition,
+                id,
+                decision,
+                by,
+                reply,
+            } => self.decide_quarantined(coalition, id, decision, by, reply, batch),
             Event::Shutdown { .. } => {}
+        }
+    }
+
+    /// A coordinator's decision on a quarantined change (see [`crate::quarantine`]).
+    fn decide_quarantined(
+        &mut self,
+        coalition: DocumentId,
+        id: i64,
+        decision: crate::quarantine::Decision,
+        by: String,
+        reply: oneshot::Sender<Result<Vec<i64>, AppError>>,
+        batch: &mut Batch,
+    ) {
+        use crate::quarantine::{apply_held, Decision, QuarantineError};
+        let held = match self.docs.store.held_change(id) {
+            Ok(Some((held, _))) if held.coalition == coalition.to_string() => held,
+            Ok(_) => {
+                let _ = reply.send(Err(QuarantineError::NotFound(id).into()));
+                return;
+            }
+            Err(e) => {
+                let _ = reply.send(Err(AppError::internal(e)));
+                return;
+            }
+        };
+        let now = chrono::Utc::now().timestamp();
+        match decision {
+            Decision::Discard => {
+                let answer = match self.docs.store.decide_held(
+                    id,
+                    coalition_core::store::HeldStatus::Discarded,
+                    &by,
+                    now,
+                ) {
+                    Ok(true) => Ok(vec![id]),
+                    Ok(false) => Err(QuarantineError::AlreadyDecided {
+                        id,
+                        status: held.status,
+                    }
+                    .into()),
+                    Err(e) => Err(AppError::internal(e)),
+                };
+                let _ = reply.send(answer);
+            }
+            Decision::Accept => {
+                let Ok(doc_id) = held.doc_id.parse::<DocumentId>() else {
+                    let _ = reply.send(Err(QuarantineError::NoDocument(held.doc_id).into()));
+                    return;
+                };
+                if self.docs.ensure_loaded(&doc_id) != Lookup::Stored {
+                    let _ = reply.send(Err(QuarantineError::NoDocument(held.doc_id).into()));
+                    return;
+                }
+                self.docs.touch(&doc_id);
+                let Docs { store, loaded, .. } = &mut self.docs;
+                let Some(l) = loaded.get_mut(&doc_id) else {
+                    let _ = reply.send(Err(QuarantineError::NoDocument(held.doc_id).into()));
+                    return;
+                };
+                match apply_held(store, &mut l.doc, &held.doc_id, id) {
+                    Ok(ids) => {
+                        batch.changed.insert(doc_id);
+                        self.note_manifest_change(doc_id, batch);
+                        let actions = self.engine.local_change(doc_id, &mut self.docs);
+                        self.perform(actions, batch);
+                        batch.accepted.push(Accepted { ids, by, reply });
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                    }
+                }
+            }
         }
     }
 
@@ -643,6 +779,17 @@ impl Hub {
         if matches!(message, Message::Sync(_) | Message::Request(_)) {
             self.metrics.sync_rounds.fetch_add(1, Ordering::Relaxed);
         }
+        let message = match message {
+            Message::Sync(m) => match self.screen_incoming(conn, m, batch) {
+                Some(m) => Message::Sync(m),
+                None => return,
+            },
+            Message::Request(m) => match self.screen_incoming(conn, m, batch) {
+                Some(m) => Message::Request(m),
+                None => return,
+            },
+            other => other,
+        };
         let engine = &mut self.engine;
         let docs = &mut self.docs;
         let result = catch_unwind(AssertUnwindSafe(|| {
@@ -665,6 +812,221 @@ impl Hub {
                 self.close(conn, CLOSE_INTERNAL, "internal error", batch);
             }
         }
+    }
+
+    /// The roles of a coalition's members, cached until its manifest changes.
+    fn roles_of(&mut self, coalition: &DocumentId) -> &HashMap<String, Vec<Role>> {
+        if !self.members.contains_key(coalition) {
+            let roles = self.docs.member_roles(coalition);
+            self.members.insert(*coalition, roles);
+        }
+        &self.members[coalition]
+    }
+
+    /// Check the changes a `sync` or `request` message carries before the engine applies them
+    /// (see [`crate::screen`]). Returns the message the engine should see, or `None` when the
+    /// connection is being closed instead.
+    fn screen_incoming(
+        &mut self,
+        conn: ConnId,
+        message: SyncMessage,
+        batch: &mut Batch,
+    ) -> Option<SyncMessage> {
+        if self.authors.is_none() {
+            return Some(message);
+        }
+        let doc_id = message.document_id;
+        let Ok(data) = automerge::sync::Message::decode(&message.data) else {
+            // The engine reports a malformed sync message to the peer.
+            return Some(message);
+        };
+        if data.changes.is_empty() && self.pending.get(&doc_id).is_none_or(Pending::is_empty) {
+            return Some(message);
+        }
+        let device = self.conns.get(&conn)?.device.clone();
+        let context = match self.docs.meta.get(&doc_id) {
+            Some(m) => Some((
+                m.kind,
+                m.owner.clone(),
+                m.coalition,
+                m.coalition_text.clone(),
+            )),
+            None => self.describe_new(doc_id, &data),
+        };
+        let Some((kind, owner, coalition, coalition_text)) = context else {
+            // A new document that does not say yet what it is: decided once it does (see
+            // `on_changed`).
+            return Some(message);
+        };
+        let roles = self.roles_of(&coalition).clone();
+        let Hub {
+            authors,
+            docs,
+            pending,
+            ..
+        } = self;
+        let Some(authors) = authors.as_mut() else {
+            return Some(message);
+        };
+        let mut db_failed = None;
+        let mut author = |actor: &automerge::ActorId| -> Result<Author, Refusal> {
+            match authors.owner(actor, &device) {
+                Ok(Some(o)) if o.revoked => Err(Refusal::AuthorRevoked {
+                    actor: actor.to_hex_string(),
+                    device: o.device_id,
+                }),
+                Ok(Some(o)) => Ok(Author {
+                    roles: roles.get(&o.org).cloned().unwrap_or_default(),
+                    org: o.org,
+                }),
+                Ok(None) => Err(Refusal::UnknownAuthor {
+                    actor: actor.to_hex_string(),
+                }),
+                Err(error) => {
+                    db_failed = Some(error.to_string());
+                    Err(Refusal::UnknownAuthor {
+                        actor: actor.to_hex_string(),
+                    })
+                }
+            }
+        };
+        let mut scratch = AutoCommit::new();
+        let doc = match docs.loaded.get_mut(&doc_id) {
+            Some(l) => &mut l.doc,
+            None => &mut scratch,
+        };
+        let state = pending.entry(doc_id).or_default();
+        let outcome = screen::screen(doc, kind, owner.as_deref(), data, state, &mut author);
+        if let Some(error) = db_failed {
+            // Nothing is judged on a failing auth database: forget this message's verdicts,
+            // and let the peer send its changes again later.
+            tracing::error!(%error, %conn, "cannot read who made changes; closing the connection");
+            self.pending.remove(&doc_id);
+            self.close(
+                conn,
+                CLOSE_INTERNAL,
+                "relay cannot check changes now; retry later",
+                batch,
+            );
+            return None;
+        }
+        let screened = match outcome {
+            Ok(s) => s,
+            Err(error) => {
+                tracing::warn!(%conn, %doc_id, %error, "refusing a sync message");
+                self.refuse_message(conn, &error.to_string(), batch);
+                return None;
+            }
+        };
+        self.metrics
+            .changes_accepted
+            .fetch_add(screened.accepted as u64, Ordering::Relaxed);
+        if !screened.refused.is_empty() {
+            self.quarantine(
+                conn,
+                doc_id,
+                &coalition_text,
+                &device,
+                screened.refused,
+                batch,
+            );
+        }
+        Some(match screened.rewritten {
+            Some(data) => SyncMessage { data, ..message },
+            None => message,
+        })
+    }
+
+    /// What a document the relay does not hold yet would be, from the changes a peer brings:
+    /// kind, owner and coalition, if they say.
+    fn describe_new(
+        &mut self,
+        doc_id: DocumentId,
+        data: &automerge::sync::Message,
+    ) -> Option<(DocKind, Option<String>, DocumentId, String)> {
+        let changes = screen::changes_in(&data.changes).ok()?;
+        let mut probe = match self.docs.loaded.get(&doc_id) {
+            Some(l) => l.doc.clone(),
+            None => AutoCommit::new(),
+        };
+        probe.apply_changes(changes).ok()?;
+        let (kind, owner, coalition_text) = describe(&probe).ok()?;
+        let coalition = coalition_text.parse().ok()?;
+        Some((kind, owner, coalition, coalition_text))
+    }
+
+    /// Keep refused changes in the quarantine (saved with this batch) and tell the sender
+    /// which and why (sent once they are saved).
+    fn quarantine(
+        &mut self,
+        conn: ConnId,
+        doc_id: DocumentId,
+        coalition: &str,
+        device: &DeviceAuth,
+        refused: Vec<coalition_core::check::Refused>,
+        batch: &mut Batch,
+    ) {
+        let now = chrono::Utc::now().timestamp();
+        let mut named = Vec::with_capacity(refused.len());
+        for r in refused {
+            let reason = r.reason.to_string();
+            let hash = r.change.hash().to_string();
+            tracing::warn!(%conn, %doc_id, change = %hash, device = %device.device_id, %reason, "refused a change; kept in quarantine");
+            let author = self.author_text(r.change.actor_id(), device);
+            named.push(RefusedChange {
+                hash,
+                reason: reason.clone(),
+            });
+            batch.held.push(NewHeld {
+                doc_id: doc_id.to_string(),
+                coalition: coalition.to_string(),
+                change: r.change,
+                author,
+                sent_by: Some(device.device_id.clone()),
+                reason,
+                at: now,
+            });
+        }
+        self.metrics
+            .changes_refused
+            .fetch_add(named.len() as u64, Ordering::Relaxed);
+        let first = named.first().map(|c| c.reason.clone()).unwrap_or_default();
+        let text = format!(
+            "change_refused: {} change(s) to document {doc_id} refused and kept for review: {first}",
+            named.len()
+        );
+        let message = Message::Error(ErrorMessage {
+            message: text,
+            sender_id: Some(self.engine.peer_id().clone()),
+            target_id: self.remote_peer(conn),
+            refused: Some(RefusedChanges {
+                document_id: doc_id,
+                changes: named,
+            }),
+        });
+        batch
+            .out
+            .push((conn, None, Outgoing::Frame(message.encode())));
+    }
+
+    /// Who an actor is, for the quarantine's records.
+    fn author_text(&mut self, actor: &automerge::ActorId, sender: &DeviceAuth) -> Option<String> {
+        let authors = self.authors.as_mut()?;
+        match authors.owner(actor, sender) {
+            Ok(Some(o)) => Some(format!("{} ({}), device {}", o.user, o.org, o.device_id)),
+            Ok(None) => None,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read who an actor is");
+                None
+            }
+        }
+    }
+
+    /// Refuse a whole message the screen could not take apart: the peer gets an `error` and
+    /// the connection is closed (a peer that sends such bytes is broken or hostile).
+    fn refuse_message(&mut self, conn: ConnId, why: &str, batch: &mut Batch) {
+        self.send_error(conn, format!("protocol_violation: {why}"), batch);
+        self.close(conn, CLOSE_PROTOCOL, "protocol violation", batch);
     }
 
     /// May this connection's message about `doc_id` reach the engine? Answers
@@ -690,11 +1052,18 @@ impl Hub {
             *owner == conn
         } else {
             match self.docs.ensure_loaded(&doc_id) {
-                Lookup::Stored => self
-                    .docs
-                    .meta
-                    .get(&doc_id)
-                    .is_some_and(|m| coalitions.contains(&m.coalition)),
+                Lookup::Stored => match self.docs.meta.get(&doc_id).map(|m| m.coalition) {
+                    Some(coalition) if coalitions.contains(&coalition) => {
+                        // An organisation the coalition no longer lists reads nothing of it.
+                        let org = self.conns.get(&conn).map(|c| c.device.org.clone());
+                        org.is_some_and(|org| {
+                            self.roles_of(&coalition)
+                                .get(&org)
+                                .is_some_and(|r| !r.is_empty())
+                        })
+                    }
+                    _ => false,
+                },
                 Lookup::Failed => false,
                 Lookup::Missing => Self::brings_data(message),
             }
@@ -843,6 +1212,8 @@ impl Hub {
             }
         };
         for doc_id in written {
+            // A manifest written elsewhere may change who is a member, loaded or not.
+            self.members.remove(&doc_id);
             if !self.docs.loaded.contains_key(&doc_id) {
                 continue; // loaded fresh from the store when next needed
             }
@@ -865,6 +1236,7 @@ impl Hub {
             }
             if loaded.doc.get_heads() != before {
                 tracing::info!(%doc_id, "picked up changes written by another process");
+                self.note_manifest_change(doc_id, batch);
                 let actions = self.engine.local_change(doc_id, &mut self.docs);
                 self.perform(actions, batch);
             }
@@ -884,6 +1256,7 @@ impl Hub {
     fn on_changed(&mut self, doc_id: DocumentId, batch: &mut Batch) {
         let Some(owner) = self.docs.provisional.get(&doc_id).copied() else {
             batch.changed.insert(doc_id);
+            self.note_manifest_change(doc_id, batch);
             return;
         };
         let device = self.conns.get(&owner).map(|c| c.device.clone());
@@ -941,15 +1314,75 @@ impl Hub {
         }
     }
 
+    /// A document changed: if it is a manifest, its coalition's memberships are read again
+    /// after the batch (see [`Hub::recheck_members`]).
+    fn note_manifest_change(&mut self, doc_id: DocumentId, batch: &mut Batch) {
+        if self
+            .docs
+            .meta
+            .get(&doc_id)
+            .is_some_and(|m| m.kind == DocKind::Manifest)
+        {
+            self.members.remove(&doc_id);
+            batch.manifests.insert(doc_id);
+        }
+    }
+
+    /// A coalition's manifest changed: a connection whose organisation is no longer a member
+    /// is closed at once (its device keeps its data; the relay refuses it from now on).
+    fn recheck_members(&mut self, manifests: &BTreeSet<DocumentId>, batch: &mut Batch) {
+        for coalition in manifests {
+            let roles = self.roles_of(coalition).clone();
+            let gone: Vec<ConnId> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| {
+                    !c.closing
+                        && c.device.coalitions.contains(coalition)
+                        && roles.get(&c.device.org).is_none_or(Vec::is_empty)
+                })
+                .map(|(conn, _)| *conn)
+                .collect();
+            for conn in gone {
+                tracing::info!(%conn, %coalition, "closing the connection of an organisation no longer in the coalition");
+                self.send_error(
+                    conn,
+                    format!("not_a_member: the organisation is no longer a member of coalition {coalition}"),
+                    batch,
+                );
+                self.close(
+                    conn,
+                    CLOSE_POLICY,
+                    "no longer a member of the coalition",
+                    batch,
+                );
+            }
+        }
+    }
+
+    fn send_error(&mut self, conn: ConnId, text: String, batch: &mut Batch) {
+        let message = Message::Error(ErrorMessage {
+            message: text,
+            sender_id: Some(self.engine.peer_id().clone()),
+            target_id: self.remote_peer(conn),
+            refused: None,
+        });
+        batch
+            .out
+            .push((conn, None, Outgoing::Frame(message.encode())));
+    }
+
     /// Save what changed and the peers' sync states (one transaction), then send what was
     /// held back.
     fn commit(&mut self, mut batch: Batch) {
         let replies = std::mem::take(&mut batch.replies);
+        let mut batch_accepted = std::mem::take(&mut batch.accepted);
+        let manifests = std::mem::take(&mut batch.manifests);
+        if !manifests.is_empty() {
+            self.recheck_members(&manifests, &mut batch);
+        }
         let mut saved = true;
-        if !batch.changed.is_empty() || !batch.sync_states.is_empty() {
-            if !batch.changed.is_empty() {
-                self.record_actors(&batch);
-            }
+        if !batch.changed.is_empty() || !batch.sync_states.is_empty() || !batch.held.is_empty() {
             let started = Instant::now();
             let Docs {
                 store,
@@ -977,7 +1410,7 @@ impl Hub {
                 .iter()
                 .map(|((doc_id, peer), bytes)| (*doc_id, peer.as_str(), bytes.as_slice()))
                 .collect();
-            match store.save_docs_and_sync_states(records, &states) {
+            match store.save_batch(records, &states, &batch.held) {
                 Ok(()) => {
                     self.metrics.observe_write(started.elapsed());
                     self.metrics
@@ -1031,6 +1464,28 @@ impl Hub {
             }
         }
         self.dispatch(batch.out);
+        let now = chrono::Utc::now().timestamp();
+        for Accepted { ids, by, reply } in std::mem::take(&mut batch_accepted) {
+            let answer = if !saved {
+                Err(AppError::internal(anyhow::anyhow!(
+                    "saving the accepted change failed"
+                )))
+            } else {
+                let mut result = Ok(ids.clone());
+                for n in &ids {
+                    if let Err(e) = self.docs.store.decide_held(
+                        *n,
+                        coalition_core::store::HeldStatus::Accepted,
+                        &by,
+                        now,
+                    ) {
+                        result = Err(AppError::internal(e));
+                    }
+                }
+                result
+            };
+            let _ = reply.send(answer);
+        }
         for (reply, hash) in replies {
             let _ = reply.send(if saved {
                 Ok(hash)
@@ -1075,31 +1530,6 @@ impl Hub {
             if let Some(info) = self.conns.get_mut(&conn) {
                 let (closed, _) = mpsc::channel(1);
                 info.outbox = closed;
-            }
-        }
-    }
-
-    /// Report actors first seen in this batch's changes, with the device that brought them.
-    fn record_actors(&mut self, batch: &Batch) {
-        let Some(tx) = &self.actors_tx else {
-            return;
-        };
-        for (doc_id, (conn, before)) in &batch.heads_before {
-            if !batch.changed.contains(doc_id) {
-                continue;
-            }
-            let (Some(l), Some(info)) = (self.docs.loaded.get_mut(doc_id), self.conns.get(conn))
-            else {
-                continue;
-            };
-            for change in l.doc.get_changes_meta(before) {
-                let actor = change.actor.to_hex_string();
-                if self.known_actors.insert(actor.clone()) {
-                    let _ = tx.send(SeenActor {
-                        actor,
-                        device_id: info.device.device_id.clone(),
-                    });
-                }
             }
         }
     }

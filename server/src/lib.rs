@@ -20,12 +20,15 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod authors;
 pub mod dashboard;
 pub mod error;
 pub mod events;
 pub mod hub;
 pub mod metrics;
+pub mod quarantine;
 pub mod quic;
+pub mod screen;
 pub mod server;
 pub mod state;
 pub mod ws;

@@ -153,6 +153,11 @@ enum AdminCommand {
         #[arg(long)]
         device: String,
     },
+    /// Review changes the relay refused: list, show, accept or discard them.
+    Quarantine {
+        #[command(subcommand)]
+        command: coalition_server::quarantine::AdminCommand,
+    },
 }
 
 fn main() -> Result<()> {
@@ -486,6 +491,7 @@ fn admin_command(data: &Path, command: AdminCommand) -> Result<()> {
             auth.revoke(&device)?;
             println!("revoked {device}; its live connections close within a second");
         }
+        AdminCommand::Quarantine { command } => coalition_server::quarantine::admin(data, command)?,
     }
     Ok(())
 }

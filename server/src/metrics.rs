@@ -38,6 +38,12 @@ pub struct Metrics {
     pub documents_refused: AtomicU64,
     /// Documents evicted from memory.
     pub documents_evicted: AtomicU64,
+    /// Changes refused and put in quarantine.
+    pub changes_refused: AtomicU64,
+    /// Changes checked and applied.
+    pub changes_accepted: AtomicU64,
+    /// Messages or connections refused for a limit (size, rate, quota).
+    pub limits_hit: AtomicU64,
     /// Devices enrolled since start.
     pub enrollments: AtomicU64,
     /// Frames whose handling panicked (a bug; the connection was closed).
@@ -135,6 +141,24 @@ impl Metrics {
             "coalition_documents_refused_total",
             "Documents pushed by a device that may not create them.",
             load(&self.documents_refused),
+        );
+        counter(
+            &mut out,
+            "coalition_changes_refused_total",
+            "Changes refused by the relay's checks and kept in quarantine.",
+            load(&self.changes_refused),
+        );
+        counter(
+            &mut out,
+            "coalition_changes_accepted_total",
+            "Changes from peers checked and applied.",
+            load(&self.changes_accepted),
+        );
+        counter(
+            &mut out,
+            "coalition_limits_hit_total",
+            "Messages or connections refused for a limit (size, rate, quota).",
+            load(&self.limits_hit),
         );
         counter(
             &mut out,

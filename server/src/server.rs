@@ -19,12 +19,12 @@ use axum::Router;
 use coalition_core::store::{Store, StoreError};
 use coalition_core::sync::{EngineConfig, PeerId, PeerMetadata, StorageId};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::api::app;
 use crate::auth::{AuthDb, AuthError};
-use crate::hub::{self, Event, HubConfig, SeenActor};
+use crate::authors::Authors;
+use crate::hub::{self, Event, HubConfig};
 use crate::metrics::Metrics;
 use crate::state::AppState;
 
@@ -69,7 +69,7 @@ impl Relay {
     /// Open the data directory and start the hub. Must run inside a tokio runtime.
     pub async fn start(config: RelayConfig) -> Result<Relay, ServerError> {
         let data = config.data.clone();
-        let (auth, hub_store, reads, peer_id, storage_id) =
+        let (auth, hub_auth, hub_store, reads, peer_id, storage_id) =
             tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
                 let auth = AuthDb::open(&data)?;
                 let peer_id = auth.meta_or_init("peer_id", || {
@@ -80,7 +80,9 @@ impl Relay {
                     auth.meta_or_init("storage_id", || uuid::Uuid::new_v4().to_string())?;
                 let hub_store = Store::open(&data)?;
                 let reads = Store::open(&data)?;
-                Ok((auth, hub_store, reads, peer_id, storage_id))
+                // The hub's own connection to `auth.db`, to tell who made each change.
+                let hub_auth = AuthDb::open(&data)?;
+                Ok((auth, hub_auth, hub_store, reads, peer_id, storage_id))
             })
             .await??;
         let metrics = Arc::new(Metrics::default());
@@ -90,7 +92,6 @@ impl Relay {
             storage_id: Some(StorageId::new(storage_id)),
             is_ephemeral: false,
         };
-        let (actors_tx, actors_rx) = mpsc::unbounded_channel();
         let feed = crate::events::channel();
         let (hub, hub_thread) = hub::spawn(
             HubConfig {
@@ -100,13 +101,12 @@ impl Relay {
             },
             hub_store,
             metrics.clone(),
-            Some(actors_tx),
+            Some(Authors::new(hub_auth)),
         )?;
         let state = AppState::new(auth, reads, hub.clone(), metrics, peer_id, feed);
         let tasks = vec![
             tokio::spawn(ticker(hub.clone())),
             tokio::spawn(watch_revocations(state.clone())),
-            tokio::spawn(record_actors(state.clone(), actors_rx)),
         ];
         Ok(Relay {
             state,
@@ -189,25 +189,6 @@ async fn watch_revocations(state: AppState) {
                 return;
             }
             known = revoked;
-        }
-    }
-}
-
-async fn record_actors(state: AppState, mut rx: mpsc::UnboundedReceiver<SeenActor>) {
-    while let Some(seen) = rx.recv().await {
-        let SeenActor { actor, device_id } = seen;
-        let device = device_id.clone();
-        let a = actor.clone();
-        match state
-            .with_auth(move |db| Ok(db.bind_actor(&a, &device)?))
-            .await
-        {
-            Ok(bound) if bound != device_id => {
-                // Enforcement is a later step; for now make it visible.
-                tracing::warn!(%actor, device = %device_id, bound_to = %bound, "changes by an actor bound to another device");
-            }
-            Ok(_) => {}
-            Err(error) => tracing::warn!(%actor, %error, "cannot record an actor"),
         }
     }
 }

@@ -205,6 +205,27 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// The held change of a document with this hash, still waiting for a decision.
+    pub fn held_by_hash(
+        &self,
+        doc_id: &str,
+        hash: &str,
+    ) -> Result<Option<(HeldChange, Vec<u8>)>, StoreError> {
+        let id: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT id FROM held_changes WHERE doc_id = ?1 AND hash = ?2 AND status = 'held'",
+                params![doc_id, hash],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        match id {
+            Some(id) => self.held_change(id),
+            None => Ok(None),
+        }
+    }
+
     /// Record a decision on a held change. Only a change still held can be decided; returns
     /// false if it was not (already decided, or no such change).
     pub fn decide_held(

@@ -28,7 +28,7 @@ use super::keys;
 use crate::coalition::{describe, read_collection, CommitInfo};
 use crate::error::EditError;
 use crate::model::{keys as model_keys, DocEntry, DocKind};
-use crate::store::{DocRecord, NewHeld, Store, StoreError};
+use crate::store::{DocRecord, HeldStatus, NewHeld, Store, StoreError};
 use crate::sync::{
     Action, ConnId, DisconnectReason, DocumentId, DocumentSource, EngineConfig, Message, PeerId,
     RefusedChange, StorageId, SyncEngine,
@@ -659,7 +659,10 @@ impl<'s> Session<'s> {
             if let Some(reason) = named.get(&hash) {
                 out.insert(hash, (*reason).to_string());
             } else if let Some(dep) = change.deps().iter().find(|d| out.contains_key(d)) {
-                out.insert(hash, format!("it depends on change {dep}, which was refused"));
+                out.insert(
+                    hash,
+                    format!("it depends on change {dep}, which was refused"),
+                );
             } else {
                 kept.push(change);
                 continue;
@@ -717,6 +720,32 @@ impl<'s> Session<'s> {
         Ok(self.engine.share_doc(doc_id, &mut self.local))
     }
 
+    /// Changes set aside after a refusal that have now come back from the relay (a
+    /// coordinator accepted them there) are marked accepted: `status` no longer lists them.
+    fn note_returned(&mut self, doc_id: DocumentId) -> Result<(), SessionError> {
+        let Some(local) = self.local.docs.get_mut(&doc_id) else {
+            return Ok(());
+        };
+        let id = doc_id.to_string();
+        let held = self
+            .local
+            .store
+            .held_changes(None, Some(HeldStatus::Held))?;
+        let now = chrono::Utc::now().timestamp();
+        for h in held.iter().filter(|h| h.doc_id == id) {
+            let back = h
+                .hash
+                .parse::<ChangeHash>()
+                .is_ok_and(|hash| local.doc.get_change_by_hash(&hash).is_some());
+            if back {
+                self.local
+                    .store
+                    .decide_held(h.id, HeldStatus::Accepted, "relay", now)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Saves a document the relay changed, durably, and reports what arrived.
     fn save_received(
         &mut self,
@@ -752,6 +781,7 @@ impl<'s> Session<'s> {
             }
         }
         self.stats.received.insert(doc_id);
+        self.note_returned(doc_id)?;
         self.events.push_back(SessionEvent::RemoteChange {
             doc_id,
             kind: Some(kind),

@@ -21,7 +21,7 @@ use super::session::Session;
 use super::ws::Outcome;
 use super::{heads_text, keys, synced_coalitions};
 use crate::coalition::{describe, Identity};
-use crate::store::{Store, StoreError};
+use crate::store::{HeldChange, HeldStatus, Store, StoreError};
 use crate::sync::{DocumentId, Message};
 
 /// The device's sync status.
@@ -45,6 +45,10 @@ pub struct DeviceStatus {
     pub coalitions: Vec<CoalitionStatus>,
     /// Documents, over all coalitions, with changes not known to be on the relay.
     pub unsent_documents: usize,
+    /// Changes of this device the relay refused: taken out of the documents and kept here,
+    /// with why, until a coordinator accepts them on the relay (then they come back through
+    /// sync) or for the record.
+    pub refused: Vec<HeldChange>,
 }
 
 /// One coalition's sync status.
@@ -158,6 +162,7 @@ pub fn status(store: &Store) -> Result<DeviceStatus, StoreError> {
         last_error: store.meta(keys::LAST_ERROR)?,
         coalitions,
         unsent_documents,
+        refused: store.held_changes(None, Some(HeldStatus::Held))?,
     })
 }
 

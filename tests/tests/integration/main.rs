@@ -7,6 +7,7 @@ mod dashboard;
 mod fuzz_corpus;
 mod js_interop;
 mod merge;
+mod refusals;
 mod relay_auth;
 mod relay_crash;
 mod relay_fanout;

@@ -297,6 +297,15 @@ fn render_summary(s: &SyncSummary, server: &str) -> String {
     if let Some(e) = &stats.remote_error {
         out.push_str(&format!("the relay reported: {e}\n"));
     }
+    if !stats.refused.is_empty() {
+        out.push_str(&format!(
+            "the relay refused {} change(s); they are kept on this device (see `coalition status`):\n",
+            stats.refused.len()
+        ));
+        for (hash, reason) in &stats.refused {
+            out.push_str(&format!("  {}: {reason}\n", &hash[..12.min(hash.len())]));
+        }
+    }
     for w in &stats.warnings {
         out.push_str(&format!("warning: {w}\n"));
     }
@@ -305,6 +314,12 @@ fn render_summary(s: &SyncSummary, server: &str) -> String {
         n => format!("{n} document(s) with changes not yet on the relay\n"),
     });
     out
+}
+
+/// What a commit message says was done, short.
+fn commit_summary(message: &str) -> Option<String> {
+    let info = coalition_core::coalition::CommitInfo::parse(Some(message))?;
+    Some(format!("{} {}/{}", info.action, info.entity, info.id))
 }
 
 pub fn status(store: &Store, json: bool) -> Result<()> {
@@ -386,6 +401,26 @@ pub fn status(store: &Store, json: bool) -> Result<()> {
         "{} document(s) with unsent changes\n",
         st.unsent_documents
     ));
+    if !st.refused.is_empty() {
+        out.push_str(&format!(
+            "{} change(s) refused by the relay, kept on this device:\n",
+            st.refused.len()
+        ));
+        for r in &st.refused {
+            out.push_str(&format!(
+                "  #{} {} in document {}{}: {}\n",
+                r.id,
+                &r.hash[..12.min(r.hash.len())],
+                r.doc_id,
+                r.summary
+                    .as_deref()
+                    .and_then(|m| commit_summary(m))
+                    .map(|s| format!(" ({s})"))
+                    .unwrap_or_default(),
+                r.reason
+            ));
+        }
+    }
     print!("{out}");
     Ok(())
 }
