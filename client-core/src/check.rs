@@ -239,12 +239,15 @@ fn judge(
                     if key == META_KIND && !access::may_create(&who.org, &who.roles, kind, owner) {
                         return Err(Refusal::CannotCreate {
                             org: who.org.clone(),
-                            roles: who
-                                .roles
-                                .iter()
-                                .map(|r| r.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", "),
+                            roles: if who.roles.is_empty() {
+                                "no role".to_string()
+                            } else {
+                                who.roles
+                                    .iter()
+                                    .map(|r| r.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            },
                             kind,
                             owner: owner.map(str::to_string),
                         });

@@ -858,6 +858,14 @@ impl Hub {
             // `on_changed`).
             return Some(message);
         };
+        if !self.docs.meta.contains_key(&doc_id)
+            && (kind == DocKind::Manifest || !device.coalitions.contains(&coalition))
+        {
+            // A new coalition, or a document for a coalition the device is not in: refused
+            // whole as a document (see `on_changed`), and nothing of it is kept: a device
+            // cannot fill another coalition's quarantine.
+            return Some(message);
+        }
         let roles = self.roles_of(&coalition).clone();
         let Hub {
             authors,
