@@ -11,6 +11,7 @@ use coalition_core::sync::DocumentId;
 use coalition_core::transport::{Congestion, Invite, QuicEndpoint, SpkiPin};
 use coalition_server::admin::{self, NewCoalition};
 use coalition_server::auth::{AuthDb, InviteSpec};
+use coalition_server::limits::Limits;
 use coalition_server::quic::QuicIdentity;
 use coalition_server::{Relay, RelayConfig};
 use rustls::pki_types::pem::PemObject;
@@ -46,6 +47,18 @@ struct ServeArgs {
     /// Documents kept in memory; idle ones beyond this are unloaded.
     #[arg(long, default_value_t = 1000)]
     max_docs: usize,
+    /// Largest sync message a peer may send, in bytes.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    max_message_bytes: usize,
+    /// Messages per second one connection may keep up (bursts of ten times more pass).
+    #[arg(long, default_value_t = 200.0)]
+    max_messages_per_second: f64,
+    /// Documents one person may create.
+    #[arg(long, default_value_t = 1000)]
+    max_documents_per_person: i64,
+    /// Bytes of changes the relay stores from one person.
+    #[arg(long, default_value_t = 2 * 1024 * 1024 * 1024)]
+    max_bytes_per_person: i64,
     /// UDP address of the QUIC sync endpoint [default: 127.0.0.1:8443; if that default is
     /// taken, the relay runs without QUIC and says so; an address given here must be free].
     #[arg(long, env = "COALITION_QUIC_LISTEN")]
@@ -127,9 +140,11 @@ enum AdminCommand {
         /// Hours until the invite expires.
         #[arg(long, default_value_t = 168)]
         expires_hours: i64,
-        /// The relay's QUIC UDP port, written into the invite with the certificate pin.
-        #[arg(long, default_value_t = 8443)]
-        quic_port: u16,
+        /// The relay's QUIC UDP port, written into the invite with the certificate pin
+        /// [default: the port the relay last served QUIC on from this data directory; none if
+        /// it never did, or had QUIC off].
+        #[arg(long)]
+        quic_port: Option<u16>,
         /// The relay's configured QUIC certificate (as given to `serve --quic-cert`); default:
         /// the one in the data directory.
         #[arg(long)]
@@ -229,6 +244,36 @@ fn start_quic(args: &ServeArgs) -> Result<Option<QuicServing>> {
     }
 }
 
+/// Where `serve` notes the QUIC port it listens on, for `admin invite` (see there).
+const QUIC_PORT_FILE: &str = "quic-port";
+
+/// Notes the QUIC port `serve` listens on, or that it serves no QUIC, so that invites made
+/// with `admin invite` point devices at QUIC only when the relay serves it.
+fn record_quic_port(data: &Path, port: Option<u16>) -> Result<()> {
+    let path = data.join(QUIC_PORT_FILE);
+    match port {
+        Some(port) => std::fs::write(&path, port.to_string())
+            .with_context(|| format!("cannot write {}", path.display())),
+        None => match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
+        },
+    }
+}
+
+/// The QUIC port `serve` last noted in `data`.
+fn recorded_quic_port(data: &Path) -> Result<Option<u16>> {
+    let path = data.join(QUIC_PORT_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(text.trim().parse().with_context(|| {
+            format!("{} does not hold a port number", path.display())
+        })?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
 async fn serve(args: ServeArgs) -> Result<()> {
     let listener = TcpListener::bind(args.listen)
         .await
@@ -237,6 +282,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("cannot create the data directory {}", args.data.display()))?;
     let quic = start_quic(&args)?;
+    record_quic_port(&args.data, quic.as_ref().map(|q| q.addr.port()))?;
     if args.demo {
         let data = args.data.clone();
         let setup = tokio::task::spawn_blocking(move || -> Result<_> {
@@ -256,6 +302,14 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let relay = Relay::start(RelayConfig {
         data: args.data.clone(),
         max_docs: args.max_docs,
+        limits: Limits {
+            max_message: args.max_message_bytes,
+            messages_per_second: args.max_messages_per_second,
+            message_burst: args.max_messages_per_second * 10.0,
+            max_documents_per_person: args.max_documents_per_person,
+            max_bytes_per_person: args.max_bytes_per_person,
+            ..Limits::default()
+        },
     })
     .await
     .with_context(|| format!("cannot open the data directory {}", args.data.display()))?;
@@ -429,9 +483,14 @@ fn admin_command(data: &Path, command: AdminCommand) -> Result<()> {
                     spec.org, spec.coalition, spec.role
                 );
             }
+            let quic_port = match quic_port {
+                Some(port) => Some(port),
+                None if no_quic => None,
+                None => recorded_quic_port(data)?,
+            };
             let quic = if no_quic {
                 None
-            } else {
+            } else if let Some(quic_port) = quic_port {
                 let identity = match &quic_cert {
                     Some(cert) => {
                         // Only the public half is needed for the pin.
@@ -449,6 +508,13 @@ fn admin_command(data: &Path, command: AdminCommand) -> Result<()> {
                     port: quic_port,
                     pin: identity,
                 })
+            } else {
+                eprintln!(
+                    "the invite carries no QUIC pin: the relay has not served QUIC from {} \
+                     (give --quic-port to include it); the device will sync over WebSocket",
+                    data.display()
+                );
+                None
             };
             let invite = Invite {
                 code: made.invite.code.clone(),

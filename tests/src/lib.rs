@@ -2,3 +2,4 @@
 
 pub mod bad_peer;
 pub mod fixture;
+pub mod linksim;

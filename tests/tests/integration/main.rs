@@ -1,6 +1,7 @@
 //! End-to-end tests of Coalition Sync: real processes, real stores on disk.
 
 mod bad_input;
+mod bad_links;
 mod cli;
 mod crash;
 mod dashboard;

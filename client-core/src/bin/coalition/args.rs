@@ -162,6 +162,9 @@ pub struct SyncArgs {
     /// first, the rest next time.
     #[arg(long)]
     pub budget: Option<u64>,
+    /// While watching over WebSocket, try QUIC again every this many seconds.
+    #[arg(long, default_value_t = 60)]
+    pub quic_retry: u64,
 }
 
 #[derive(Args, Debug)]

@@ -72,6 +72,7 @@ pub fn sync(store: &mut Store, json: bool, coalition: Option<&str>, a: SyncArgs)
     options.transport = a.transport;
     options.congestion = a.congestion;
     options.budget = a.budget;
+    options.quic_retry = Duration::from_secs(a.quic_retry.max(1));
     let rt = runtime()?;
     if a.watch {
         let mut on_event = |e: &WatchEvent| print_watch_event(e, json);

@@ -1,0 +1,296 @@
+//! Sync over simulated field links: the demo coalition's initial sync and one small edit,
+//! over QUIC and WebSocket, on a clean loopback, a 2G-like and a satellite-like link.
+//!
+//! ```text
+//! link-bench [--runs 3] [--seed 1]
+//! ```
+//!
+//! The relay is the release `coalition-server` next to this binary (or `$COALITION_SERVER`),
+//! run with `serve --demo` on 127.0.0.1; every device reaches it through the link simulator
+//! (`coalition_tests::linksim`), one proxy per transport, and syncs with
+//! `coalition_core::transport::sync_once` in this process. Each run is a fresh device (a new
+//! invite): "initial" is its first sync, "edit" the sync after it adds one comment.
+//!
+//! Columns: wall time of the sync (connecting included); bytes through the proxy both ways
+//! (UDP payloads with QUIC's and TLS's overhead and every retransmission; TCP payloads with
+//! the modelled retransmissions; no IP, UDP or TCP headers); the sync's own frame bytes; the
+//! physical floor = the larger direction's frame bytes ÷ bandwidth + one RTT; time ÷ floor;
+//! and "RTTs", (time − serialization) ÷ RTT, the round trips the time is worth. Medians of
+//! `--runs` runs. Output is Markdown on stdout; progress on stderr.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use coalition_core::store::Store;
+use coalition_core::transport::{self, SyncOptions, Transport};
+use coalition_tests::linksim::{tcp_proxy, udp_proxy, LinkSim, LinkSpec};
+
+struct Relay {
+    child: Child,
+    http: String,
+    udp: std::net::SocketAddr,
+    data: PathBuf,
+    coalition: String,
+    pin: String,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Err(e) = self.child.kill() {
+            eprintln!("cannot stop the relay: {e}");
+        }
+        if let Err(e) = self.child.wait() {
+            eprintln!("cannot reap the relay: {e}");
+        }
+    }
+}
+
+fn sibling(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("no binary directory")?;
+    Ok(dir.join(name))
+}
+
+fn server_binary() -> Result<PathBuf> {
+    match std::env::var_os("COALITION_SERVER") {
+        Some(p) => Ok(PathBuf::from(p)),
+        None => sibling("coalition-server"),
+    }
+}
+
+fn start_relay(dir: &Path) -> Result<Relay> {
+    let data = dir.join("relay-data");
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
+    let out = dir.join("relay.out");
+    let child = Command::new(server_binary()?)
+        .args([
+            "serve",
+            "--demo",
+            "--listen",
+            &format!("127.0.0.1:{http_port}"),
+        ])
+        .args(["--quic-listen", &udp.to_string(), "--data"])
+        .arg(&data)
+        .stdout(std::fs::File::create(&out)?)
+        .stderr(std::fs::File::create(dir.join("relay.log"))?)
+        .spawn()
+        .context("starting coalition-server (build it with --release)")?;
+    let http = format!("http://127.0.0.1:{http_port}");
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let printed = std::fs::read_to_string(&out).unwrap_or_default();
+        let coalition = printed
+            .lines()
+            .find_map(|l| l.strip_prefix("Demo coalition "))
+            .and_then(|l| l.split_whitespace().next());
+        let pin = printed
+            .lines()
+            .find_map(|l| l.split("public key): ").nth(1))
+            .map(str::trim);
+        let healthy = ureq_ok(&format!("{http}/healthz"));
+        if let (Some(coalition), Some(pin), true) = (coalition, pin, healthy) {
+            return Ok(Relay {
+                child,
+                http,
+                udp,
+                data,
+                coalition: coalition.to_owned(),
+                pin: pin.to_owned(),
+            });
+        }
+        if Instant::now() > end {
+            bail!("the relay did not start:\n{printed}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ureq_ok(url: &str) -> bool {
+    std::net::TcpStream::connect(
+        url.trim_start_matches("http://")
+            .trim_end_matches("/healthz"),
+    )
+    .is_ok()
+}
+
+/// A new device on `store`, enrolled over the clean loopback, its QUIC pointed at `quic_port`.
+fn new_device(relay: &Relay, store: &Path, quic_port: u16, n: usize) -> Result<()> {
+    let out = Command::new(server_binary()?)
+        .args(["admin", "--data"])
+        .arg(&relay.data)
+        .args(["invite", "--coalition", &relay.coalition, "--no-quic"])
+        .args([
+            "--user",
+            &format!("bench{n}"),
+            "--org",
+            "BHMAC",
+            "--role",
+            "nmac",
+        ])
+        .output()?;
+    if !out.status.success() {
+        bail!("admin invite: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let code = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let invite = format!("{code}.{quic_port}.{}", relay.pin);
+    let db = Store::open(store)?;
+    transport::enroll(&db, &relay.http, &invite, Some(&format!("bench-{n}")))?;
+    Ok(())
+}
+
+/// One comment, written with the `coalition` CLI as a user would.
+fn add_comment(store: &Path, text: &str) -> Result<()> {
+    let out = Command::new(sibling("coalition")?)
+        .arg("--store")
+        .arg(store)
+        .args(["comment", "--text", text])
+        .stdout(Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        bail!("comment: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+struct Measure {
+    time: Duration,
+    wire: u64,
+    up: u64,
+    down: u64,
+}
+
+async fn sync_through(
+    store: &Path,
+    transport: Transport,
+    http_via: &str,
+    link: &LinkSim,
+) -> Result<Measure> {
+    let mut db = Store::open(store)?;
+    let mut options = SyncOptions::from_store(&db, Some(http_via))?;
+    options.transport = transport;
+    options.timeout = Duration::from_secs(600);
+    options.connect_timeout = Duration::from_secs(60);
+    let before = link.counters().total();
+    let started = Instant::now();
+    let summary = transport::sync_once(&mut db, &options, &mut |_| {}).await?;
+    let time = started.elapsed();
+    if summary.outcome != transport::ws::Outcome::Complete || !summary.unsent.is_empty() {
+        bail!("sync did not complete: {:?}", summary.outcome);
+    }
+    Ok(Measure {
+        time,
+        wire: link.counters().total() - before,
+        up: summary.stats.bytes_sent,
+        down: summary.stats.bytes_received,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn value<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<T> {
+    match args.iter().position(|a| a == name) {
+        None => Ok(default),
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|t| t.parse().ok())
+            .with_context(|| format!("{name} needs a number")),
+    }
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let runs: usize = value(&args, "--runs", 3)?;
+    let seed: u64 = value(&args, "--seed", 1)?;
+    let tmp = tempfile_dir()?;
+    let relay = start_relay(&tmp)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let links = [
+        ("clean loopback", LinkSpec::clean()),
+        ("2G: 64 kbit/s, 600 ms RTT, 5% loss", LinkSpec::two_g()),
+        (
+            "satellite: 1 Mbit/s, 700 ms RTT, 1% loss",
+            LinkSpec::satellite(),
+        ),
+    ];
+    println!("| link | transport | sync | time | bytes on the link | frame bytes up / down | floor | time ÷ floor | RTTs |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut n = 0;
+    for (name, spec) in links {
+        for (tname, transport) in [
+            ("QUIC", Transport::Quic),
+            ("WebSocket", Transport::WebSocket),
+        ] {
+            let mut rows: [Vec<Measure>; 2] = [Vec::new(), Vec::new()];
+            for run in 0..runs {
+                n += 1;
+                let s = seed + n as u64;
+                let (udp, tcp) = rt.block_on(async {
+                    Ok::<_, std::io::Error>((
+                        udp_proxy(relay.udp, spec, s).await?,
+                        tcp_proxy(
+                            relay.http.trim_start_matches("http://").parse().map_err(
+                                |e: std::net::AddrParseError| std::io::Error::other(e.to_string()),
+                            )?,
+                            spec,
+                            s,
+                        )
+                        .await?,
+                    ))
+                })?;
+                let store = tmp.join(format!("dev{n}"));
+                new_device(&relay, &store, udp.addr().port(), n)?;
+                let via = format!("http://{}", tcp.addr());
+                let link = if transport == Transport::Quic {
+                    &udp
+                } else {
+                    &tcp
+                };
+                eprintln!("{name} / {tname} run {}: initial sync", run + 1);
+                rows[0].push(rt.block_on(sync_through(&store, transport, &via, link))?);
+                add_comment(&store, &format!("bench edit {n}"))?;
+                eprintln!("{name} / {tname} run {}: one edit", run + 1);
+                rows[1].push(rt.block_on(sync_through(&store, transport, &via, link))?);
+            }
+            for (kind, measures) in ["initial", "one edit"].iter().zip(rows) {
+                let time = median(measures.iter().map(|m| m.time.as_secs_f64()).collect());
+                let wire = median(measures.iter().map(|m| m.wire as f64).collect());
+                let up = median(measures.iter().map(|m| m.up as f64).collect());
+                let down = median(measures.iter().map(|m| m.down as f64).collect());
+                let floor = spec.floor(up.max(down) as u64).as_secs_f64();
+                let serial = floor - spec.rtt.as_secs_f64();
+                let rtts = if spec.rtt.is_zero() {
+                    "–".to_owned()
+                } else {
+                    format!("{:.1}", (time - serial) / spec.rtt.as_secs_f64())
+                };
+                println!(
+                    "| {name} | {tname} | {kind} | {time:.2} s | {:.0} B | {up:.0} / {down:.0} B | {floor:.2} s | {} | {rtts} |",
+                    wire,
+                    if floor > 0.0 { format!("{:.2}×", time / floor) } else { "–".to_owned() },
+                );
+            }
+        }
+    }
+    drop(relay);
+    if let Err(e) = std::fs::remove_dir_all(&tmp) {
+        eprintln!("cannot remove {}: {e}", tmp.display());
+    }
+    Ok(())
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("link-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

@@ -1,0 +1,486 @@
+//! Sync over bad links (issue 5): a relay with its QUIC endpoint, devices that reach it only
+//! through the link simulator (`coalition_tests::linksim`), real `coalition` processes.
+//!
+//! The coalition is the small one `admin create-coalition` makes, so that a 64 kbit/s link
+//! with 600 ms RTT still finishes in seconds; the long runs are in `link-bench`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use coalition_tests::linksim::{tcp_proxy, udp_proxy, LinkSim, LinkSpec, Outage};
+
+use crate::relay_offline::coalition_with_invites;
+use crate::support::{
+    binary, coalition_bounded, coalition_json, enroll, free_port, http_get, seed, ChildGuard,
+};
+
+/// A relay process serving WebSocket and QUIC on 127.0.0.1, with a small coalition.
+struct QuicRelay {
+    _child: ChildGuard,
+    http: SocketAddr,
+    udp: SocketAddr,
+    pin: String,
+    invites: Vec<String>,
+    log: PathBuf,
+}
+
+impl QuicRelay {
+    fn start(dir: &Path, people: &[(&str, &str, &str)]) -> QuicRelay {
+        let data = dir.join("relay-data");
+        let (_, invites) = coalition_with_invites(&data, people);
+        let log = dir.join("relay.log");
+        for _ in 0..5 {
+            let http: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0")
+                .and_then(|s| s.local_addr())
+                .expect("a free UDP port");
+            let child = Command::new(binary("coalition-server", "coalition-server"))
+                .args(["serve", "--listen", &http.to_string()])
+                .args(["--quic-listen", &udp.to_string(), "--data"])
+                .arg(&data)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("log file"))
+                .spawn()
+                .expect("start coalition-server");
+            let mut child = ChildGuard::new(child);
+            let end = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < end {
+                if let Ok(Some(_)) = child.child.try_wait() {
+                    break;
+                }
+                if let Ok((200, _)) = http_get(&format!("http://{http}/healthz"), None) {
+                    let pin =
+                        coalition_server::quic::QuicIdentity::load_or_create(&data, None, &[])
+                            .expect("the relay's certificate")
+                            .pin()
+                            .to_string();
+                    return QuicRelay {
+                        _child: child,
+                        http,
+                        udp,
+                        pin,
+                        invites,
+                        log,
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        panic!(
+            "the relay did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    /// Enrolls a device (over the clean loopback) with invite `n`, pointing its QUIC at
+    /// `quic_port` (a proxy in front of the relay's UDP port).
+    fn enroll(&self, store: &Path, n: usize, quic_port: u16, device: &str) {
+        let invite = format!("{}.{quic_port}.{}", self.invites[n], self.pin);
+        enroll(store, &format!("http://{}", self.http), &invite, device);
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A runtime for the proxies; the test thread runs the `coalition` processes.
+fn proxies() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// `coalition sync --json` through `server` with extra arguments; the summary, or the error.
+fn sync_via(
+    store: &Path,
+    server: &str,
+    extra: &[&str],
+    timeout: Duration,
+) -> Result<serde_json::Value, String> {
+    let t = timeout.as_secs().to_string();
+    let mut args = vec!["--json", "sync", "--server", server, "--timeout", &t];
+    args.extend_from_slice(extra);
+    let out = coalition_bounded(store, &args, timeout + Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("no JSON summary ({e}); status {}: {stderr}", out.status))?;
+    if out.status.success() {
+        Ok(summary)
+    } else {
+        Err(format!("{summary} {stderr}"))
+    }
+}
+
+fn complete(summary: &serde_json::Value) -> bool {
+    summary["outcome"] == "complete" && summary["unsent"].as_array().is_some_and(|u| u.is_empty())
+}
+
+fn has_comment(store: &Path, text: &str) -> bool {
+    coalition_json(store, &["comments"])
+        .as_array()
+        .is_some_and(|list| list.iter().any(|c| c["text"] == text))
+}
+
+/// Points a device's QUIC at another port (a new link to the relay).
+fn point_quic_at(store: &Path, port: u16, pin: &str) {
+    let db = coalition_core::store::Store::open(store).expect("store");
+    coalition_core::transport::set_quic_endpoint(
+        &db,
+        Some(&coalition_core::transport::QuicEndpoint {
+            port,
+            pin: coalition_core::transport::SpkiPin::parse(pin).expect("pin"),
+        }),
+    )
+    .expect("point QUIC at the new link");
+}
+
+/// The issue's bad link: 10% loss, 600 ms RTT, 64 kbit/s.
+fn lossy() -> LinkSpec {
+    LinkSpec {
+        loss: 0.10,
+        rtt: Duration::from_millis(600),
+        jitter: Duration::from_millis(40),
+        bandwidth: Some(64_000),
+        ..LinkSpec::clean()
+    }
+}
+
+/// Two devices exchange an edit each through their own lossy links, over `transport`.
+fn converge_over(transport: &str) {
+    let seed = seed(&format!("bad_links::converge_over_{transport}"));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay = QuicRelay::start(
+        tmp.path(),
+        &[("dario", "BHMAC", "nmac"), ("opal", "NPA", "operator")],
+    );
+    let rt = proxies();
+    let links: Vec<(LinkSim, LinkSim)> = (0..2u64)
+        .map(|i| {
+            rt.block_on(async {
+                let udp = udp_proxy(relay.udp, lossy(), seed + i)
+                    .await
+                    .expect("udp proxy");
+                let tcp = tcp_proxy(relay.http, lossy(), seed + 100 + i)
+                    .await
+                    .expect("tcp proxy");
+                (udp, tcp)
+            })
+        })
+        .collect();
+    let stores: Vec<PathBuf> = (0..2).map(|i| tmp.path().join(format!("dev{i}"))).collect();
+    for (i, store) in stores.iter().enumerate() {
+        relay.enroll(store, i, links[i].0.addr().port(), &format!("dev{i}"));
+    }
+    let via = |i: usize| format!("http://{}", links[i].1.addr());
+    let flag = ["--transport", transport];
+    let limit = Duration::from_secs(90);
+    // Both fetch the coalition, each adds a comment, both sync again (twice: the second
+    // brings what the other pushed after the first).
+    for (i, store) in stores.iter().enumerate() {
+        let s = sync_via(store, &via(i), &flag, limit)
+            .unwrap_or_else(|e| panic!("first sync of dev{i}: {e}\n{}", relay.log_text()));
+        assert!(complete(&s), "{s}");
+        assert_eq!(s["transport"], transport.replace("ws", "websocket"), "{s}");
+        coalition_json(
+            store,
+            &["comment", "--text", &format!("from dev{i} {seed}")],
+        );
+    }
+    // dev0 pushes; dev1 pushes and gets dev0's; dev0 gets dev1's.
+    for i in [0, 1, 0] {
+        let started = Instant::now();
+        let s = sync_via(&stores[i], &via(i), &flag, limit)
+            .unwrap_or_else(|e| panic!("sync of dev{i}: {e}\n{}", relay.log_text()));
+        assert!(complete(&s), "{s}");
+        eprintln!("dev{i} synced over {transport} in {:?}", started.elapsed());
+    }
+    for store in &stores {
+        for i in 0..2 {
+            assert!(
+                has_comment(store, &format!("from dev{i} {seed}")),
+                "{} lacks dev{i}'s comment (seed {seed})",
+                store.display()
+            );
+        }
+    }
+    for (i, (udp, tcp)) in links.iter().enumerate() {
+        let (used, unused) = if transport == "quic" {
+            (udp, tcp)
+        } else {
+            (tcp, udp)
+        };
+        assert!(
+            used.counters().total() > 0,
+            "dev{i} sent nothing over {transport}"
+        );
+        assert_eq!(
+            unused.counters().total(),
+            0,
+            "dev{i} used the other transport"
+        );
+    }
+}
+
+#[test]
+fn bad_links_converge_over_quic_at_10_percent_loss_600ms_64kbit() {
+    converge_over("quic");
+}
+
+#[test]
+fn bad_links_converge_over_websocket_at_10_percent_loss_600ms_64kbit() {
+    converge_over("websocket");
+}
+
+#[test]
+fn bad_links_a_link_down_5s_in_every_20s_still_converges() {
+    let seed = seed("bad_links::outage");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay = QuicRelay::start(
+        tmp.path(),
+        &[("dario", "BHMAC", "nmac"), ("opal", "NPA", "operator")],
+    );
+    let rt = proxies();
+    let spec = LinkSpec {
+        rtt: Duration::from_millis(200),
+        bandwidth: Some(64_000),
+        // Down from 0.3 s to 5.3 s, 20.3 s to 25.3 s...: the first sync is cut at once.
+        outage: Some(Outage {
+            every: Duration::from_secs(20),
+            down: Duration::from_secs(5),
+            offset: Duration::from_millis(300),
+        }),
+        ..LinkSpec::clean()
+    };
+    let store = tmp.path().join("dev");
+    relay.enroll(&store, 0, relay.udp.port(), "dev");
+    let http = format!("http://{}", relay.http);
+    let s = sync_via(
+        &store,
+        &http,
+        &["--transport", "websocket"],
+        Duration::from_secs(30),
+    )
+    .expect("first sync over the clean loopback");
+    assert!(complete(&s), "{s}");
+    coalition_json(&store, &["comment", "--text", "written before the outage"]);
+    let udp = rt
+        .block_on(udp_proxy(relay.udp, spec, seed))
+        .expect("udp proxy");
+    point_quic_at(&store, udp.addr().port(), &relay.pin);
+    let started = Instant::now();
+    let s = sync_via(
+        &store,
+        &http,
+        &["--transport", "quic"],
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|e| panic!("sync across the outage: {e}\n{}", relay.log_text()));
+    assert!(complete(&s), "{s}");
+    // It went through the outage (the link was down for most of 5 s of it) on one connection.
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        udp.counters()
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+    // Another device, on a clean link, gets the comment from the relay.
+    let other = tmp.path().join("other");
+    relay.enroll(&other, 1, relay.udp.port(), "other");
+    let s = sync_via(
+        &other,
+        &format!("http://{}", relay.http),
+        &[],
+        Duration::from_secs(30),
+    )
+    .expect("clean sync");
+    assert!(complete(&s), "{s}");
+    assert!(has_comment(&other, "written before the outage"));
+}
+
+/// Bytes a fresh device moves for the whole coalition over QUIC, uninterrupted, and with the
+/// link cut once half of that went through and a second sync on a fresh link.
+///
+/// Fails today (measured: 151% of the uninterrupted bytes): whole documents already received
+/// are not sent again, but the document in flight at the cut is, whole, because a sync
+/// message is applied all or nothing and the relay sends a large catch-up as one message
+/// (a whole saved document, when the device lacks more than a third of it). Passing needs the
+/// relay to send large catch-ups in bounded pieces, each applied and stored on arrival.
+#[test]
+#[ignore = "issue 5: a transfer cut mid-document resends that document whole (151% measured)"]
+fn bad_links_a_transfer_cut_at_half_resumes_without_resending() {
+    let seed = seed("bad_links::cut");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay = QuicRelay::start(
+        tmp.path(),
+        &[
+            ("dario", "BHMAC", "nmac"),
+            ("opal", "NPA", "operator"),
+            ("sara", "BHMAC", "nmac"),
+        ],
+    );
+    // Give the coalition some weight: a writer device adds comments over the clean link.
+    let writer = tmp.path().join("writer");
+    relay.enroll(&writer, 1, relay.udp.port(), "writer");
+    let http = format!("http://{}", relay.http);
+    let s = sync_via(&writer, &http, &[], Duration::from_secs(30)).expect("writer's first sync");
+    assert!(complete(&s), "{s}");
+    for n in 0..40 {
+        coalition_json(
+            &writer,
+            &[
+                "comment",
+                "--text",
+                &format!("field note {n}: {}", "x".repeat(400)),
+            ],
+        );
+    }
+    let s = sync_via(&writer, &http, &[], Duration::from_secs(30)).expect("writer sync");
+    assert!(complete(&s), "{s}");
+
+    let rt = proxies();
+    let spec = LinkSpec {
+        rtt: Duration::from_millis(100),
+        bandwidth: Some(2_000_000),
+        ..LinkSpec::clean()
+    };
+    let whole = rt
+        .block_on(udp_proxy(relay.udp, spec, seed))
+        .expect("proxy");
+    let reference = tmp.path().join("reference");
+    relay.enroll(&reference, 0, whole.addr().port(), "reference");
+    let s = sync_via(
+        &reference,
+        &http,
+        &["--transport", "quic"],
+        Duration::from_secs(30),
+    )
+    .expect("uninterrupted sync");
+    assert!(complete(&s), "{s}");
+    let uninterrupted = whole.counters().total();
+
+    // The same download on a link that dies half way; the sync gives up after 3 s.
+    let cut = rt
+        .block_on(udp_proxy(relay.udp, spec, seed + 1))
+        .expect("proxy");
+    cut.cut_after(uninterrupted / 2);
+    let store = tmp.path().join("resumed");
+    relay.enroll(&store, 2, cut.addr().port(), "resumed");
+    let first = sync_via(
+        &store,
+        &http,
+        &["--transport", "quic"],
+        Duration::from_secs(3),
+    );
+    assert!(
+        !first.as_ref().is_ok_and(complete),
+        "the cut did not cut: {first:?}"
+    );
+    let before_cut = cut.counters().total();
+    // A new network: a fresh link to the relay.
+    let again = rt
+        .block_on(udp_proxy(relay.udp, spec, seed + 2))
+        .expect("proxy");
+    point_quic_at(&store, again.addr().port(), &relay.pin);
+    let s = sync_via(
+        &store,
+        &http,
+        &["--transport", "quic"],
+        Duration::from_secs(30),
+    )
+    .expect("resumed sync");
+    assert!(complete(&s), "{s}");
+    assert!(has_comment(
+        &store,
+        &format!("field note 39: {}", "x".repeat(400))
+    ));
+    let total = before_cut + again.counters().total();
+    eprintln!(
+        "uninterrupted {uninterrupted} B; cut after {before_cut} B, then {} B: {total} B ({:.1}%)",
+        again.counters().total(),
+        100.0 * total as f64 / uninterrupted as f64
+    );
+    assert!(
+        total as f64 <= uninterrupted as f64 * 1.10,
+        "resuming sent {total} B against {uninterrupted} B uninterrupted (seed {seed})"
+    );
+}
+
+#[test]
+fn bad_links_udp_blocked_falls_back_to_websocket_and_back() {
+    let seed = seed("bad_links::fallback");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay = QuicRelay::start(tmp.path(), &[("dario", "BHMAC", "nmac")]);
+    let rt = proxies();
+    let udp = rt
+        .block_on(udp_proxy(relay.udp, LinkSpec::clean(), seed))
+        .expect("proxy");
+    udp.set_blocked(true);
+    let store = tmp.path().join("dev");
+    relay.enroll(&store, 0, udp.addr().port(), "dev");
+    let http = format!("http://{}", relay.http);
+    let started = Instant::now();
+    let s = sync_via(&store, &http, &[], Duration::from_secs(30)).expect("fallback sync");
+    assert!(complete(&s), "{s}");
+    assert_eq!(s["transport"], "websocket", "{s}");
+    // QUIC's head start, then WebSocket: seconds, not the connect timeout.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        udp.counters()
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+
+    // A watching device on WebSocket moves to QUIC once UDP gets through again.
+    let mut watch = ChildGuard::new(
+        Command::new(binary("coalition-core", "coalition"))
+            .arg("--store")
+            .arg(&store)
+            .args(["--json", "sync", "--watch", "--quic-retry", "1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sync --watch"),
+    );
+    let stdout = watch.child.stdout.take().expect("stdout");
+    let (tx, events) = std::sync::mpsc::channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(e) = serde_json::from_str(&line) {
+                if tx.send(e).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let linked = |transport: &str| {
+        let end = Instant::now() + Duration::from_secs(30);
+        let mut seen = Vec::new();
+        while let Ok(e) = events.recv_timeout(end.saturating_duration_since(Instant::now())) {
+            if e["event"] == "linked" && e["transport"] == transport {
+                return;
+            }
+            seen.push(e);
+        }
+        panic!("never linked over {transport}; saw {seen:?}");
+    };
+    linked("websocket");
+    udp.set_blocked(false);
+    linked("quic");
+}
