@@ -207,7 +207,9 @@ fn judge(
 ) -> Result<(), Refusal> {
     let who = author(change.actor_id())?;
     let before = fork.get_heads();
-    let was_empty = before.is_empty();
+    // A document is created by the change that first describes it; a stock client's
+    // `repo.create()` syncs an empty change before that one.
+    let was_empty = fork.get(ROOT, META_KIND).ok().flatten().is_none();
     fork.apply_changes([change.clone()])
         .map_err(|e| Refusal::Malformed(e.to_string()))?;
     let after = fork.get_heads();
@@ -694,6 +696,97 @@ mod tests {
         assert_eq!(
             reason(&out),
             "the change writes `doc_owner` at the root of the operator document"
+        );
+    }
+
+    #[test]
+    fn a_document_is_described_after_an_empty_first_change() {
+        let f = fixture();
+        let reg = registry(&f);
+        let mut lookup = |a: &ActorId| {
+            reg.get(&a.to_hex_string())
+                .cloned()
+                .ok_or_else(|| Refusal::UnknownAuthor {
+                    actor: a.to_hex_string(),
+                })
+        };
+        let mut made = AutoCommit::new().with_actor(f.observer.actor_id());
+        made.commit_with(
+            CommitOptions::default()
+                .with_time(T0)
+                .with_message("create"),
+        );
+        let mut relay_copy = AutoCommit::new();
+        relay_copy
+            .apply_changes(made.get_changes(&[]))
+            .expect("empty change");
+        let before = made.get_heads();
+        made.put(ROOT, META_KIND, "comments").expect("put");
+        made.put(ROOT, META_COALITION, f.c.id().to_string())
+            .expect("put");
+        made.put_object(ROOT, keys::COMMENTS, ObjType::Map)
+            .expect("map");
+        made.commit_with(CommitOptions::default().with_time(T0 + 1));
+        let out = check_changes(
+            &mut relay_copy,
+            DocKind::Comments,
+            None,
+            made.get_changes(&before),
+            &mut lookup,
+        );
+        assert!(out.refused.is_empty(), "{:?}", out.refused);
+        assert_eq!(out.accepted.len(), 1);
+        // Once described, the root is fixed.
+        let before = made.get_heads();
+        made.put(ROOT, META_KIND, "plan").expect("put");
+        made.commit_with(CommitOptions::default().with_time(T0 + 2));
+        relay_copy
+            .apply_changes(out.accepted)
+            .expect("apply accepted");
+        let out = check_changes(
+            &mut relay_copy,
+            DocKind::Comments,
+            None,
+            made.get_changes(&before),
+            &mut lookup,
+        );
+        assert_eq!(
+            reason(&out),
+            "the change writes `doc_kind` at the root of the comments document"
+        );
+    }
+
+    #[test]
+    fn a_donor_may_not_create_an_operator_document() {
+        let f = fixture();
+        let reg = registry(&f);
+        let mut lookup = |a: &ActorId| {
+            reg.get(&a.to_hex_string())
+                .cloned()
+                .ok_or_else(|| Refusal::UnknownAuthor {
+                    actor: a.to_hex_string(),
+                })
+        };
+        let mut made = AutoCommit::new().with_actor(f.donor.actor_id());
+        made.put(ROOT, META_KIND, "operator").expect("put");
+        made.put(ROOT, META_OWNER, f.donor.org.as_str())
+            .expect("put");
+        made.put(ROOT, META_COALITION, f.c.id().to_string())
+            .expect("put");
+        made.commit_with(CommitOptions::default().with_time(T0));
+        let out = check_changes(
+            &mut AutoCommit::new(),
+            DocKind::Operator,
+            Some(&f.donor.org),
+            made.get_changes(&[]),
+            &mut lookup,
+        );
+        assert_eq!(
+            reason(&out),
+            format!(
+                "{} (donor) may not create a document of kind operator owned by {}",
+                f.donor.org, f.donor.org
+            )
         );
     }
 

@@ -27,6 +27,7 @@ pub use held::{HeldChange, HeldStatus, NewHeld};
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_store.sql"),
     include_str!("../migrations/0002_held_changes.sql"),
+    include_str!("../migrations/0003_usage.sql"),
 ];
 
 /// Compact a document once it has this many incremental chunks.
@@ -117,6 +118,17 @@ pub struct DocRecord<'a> {
     pub owner: Option<&'a str>,
     /// The document.
     pub doc: &'a mut AutoCommit,
+}
+
+/// What a batch adds to a person's stored documents and bytes (a relay's quotas).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage {
+    /// The person, `user (org)`.
+    pub person: String,
+    /// Documents created.
+    pub documents: i64,
+    /// Bytes of changes stored.
+    pub bytes: i64,
 }
 
 /// A document loaded alone.
@@ -383,7 +395,7 @@ impl Store {
         records: Vec<DocRecord<'_>>,
         states: &[(DocumentId, &str, &[u8])],
     ) -> Result<(), StoreError> {
-        self.save_batch(records, states, &[])
+        self.save_batch(records, states, &[], &[])
     }
 
     /// [`Store::save_docs_and_sync_states`], and in the same transaction changes kept aside
@@ -393,6 +405,7 @@ impl Store {
         records: Vec<DocRecord<'_>>,
         states: &[(DocumentId, &str, &[u8])],
         held: &[NewHeld],
+        usage: &[Usage],
     ) -> Result<(), StoreError> {
         let mut pending: Vec<Pending> = Vec::with_capacity(records.len());
         for r in records {
@@ -411,7 +424,7 @@ impl Store {
                 heads: r.doc.get_heads(),
             });
         }
-        self.write_chunks(&pending, states, held)?;
+        self.write_chunks(&pending, states, held, usage)?;
         for p in pending {
             self.saved_heads.insert(p.id, p.heads);
         }
@@ -464,6 +477,19 @@ impl Store {
             owner,
             doc,
         }))
+    }
+
+    /// What the store holds from a person: (documents created, bytes of changes).
+    pub fn usage(&self, person: &str) -> Result<(i64, i64), StoreError> {
+        self.conn
+            .query_row(
+                "SELECT documents, bytes FROM usage WHERE person = ?1",
+                [person],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map(|u| u.unwrap_or((0, 0)))
+            .map_err(|e| self.err(e))
     }
 
     /// The coalition, kind and owner of a stored document, without loading it.
@@ -519,6 +545,7 @@ impl Store {
         pending: &[Pending],
         states: &[(DocumentId, &str, &[u8])],
         held: &[NewHeld],
+        usage: &[Usage],
     ) -> Result<(), StoreError> {
         let now = chrono::Utc::now().timestamp();
         let path = self.path.clone();
@@ -557,6 +584,15 @@ impl Store {
             .map_err(sql)?;
         }
         held::insert(&tx, held).map_err(sql)?;
+        for u in usage {
+            tx.execute(
+                "INSERT INTO usage (person, documents, bytes) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (person) DO UPDATE SET documents = documents + excluded.documents,
+                                                    bytes = bytes + excluded.bytes",
+                params![u.person, u.documents, u.bytes],
+            )
+            .map_err(sql)?;
+        }
         tx.commit().map_err(sql)?;
         self.own_chunks.extend(written);
         Ok(())

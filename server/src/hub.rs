@@ -43,7 +43,7 @@ use coalition_core::coalition::describe;
 use coalition_core::model::DocKind;
 use coalition_core::model::Role;
 use coalition_core::resolve::{resolve_doc, roles_in, Choice};
-use coalition_core::store::{DocRecord, NewHeld, Store, COMPACT_AFTER};
+use coalition_core::store::{DocRecord, NewHeld, Store, Usage, COMPACT_AFTER};
 use coalition_core::sync::message::{
     DocUnavailableMessage, ErrorMessage, RefusedChange, RefusedChanges, SyncMessage,
 };
@@ -58,6 +58,7 @@ use crate::auth::DeviceAuth;
 use crate::authors::Authors;
 use crate::error::AppError;
 use crate::events::{Feed, FeedSender};
+use crate::limits::{ConnLimits, LimitHit, Limits};
 use crate::metrics::Metrics;
 use crate::screen::{self, Pending};
 
@@ -343,6 +344,8 @@ struct ConnInfo {
     refused: HashSet<DocumentId>,
     /// A close was queued; further frames are ignored.
     closing: bool,
+    /// Its rate buckets and refusal count.
+    limits: ConnLimits,
 }
 
 /// What one batch holds back until its documents are saved.
@@ -368,6 +371,8 @@ struct Batch {
     accepted: Vec<Accepted>,
     /// Manifests changed in this batch: memberships to look at again.
     manifests: BTreeSet<DocumentId>,
+    /// What this batch stores from each person.
+    usage: HashMap<String, Usage>,
 }
 
 /// Quarantined changes applied in a batch, to mark accepted once it is saved.
@@ -385,6 +390,8 @@ pub struct HubConfig {
     pub max_docs: usize,
     /// Where to announce the coalitions each saved batch changed (see [`crate::events`]).
     pub feed: Option<FeedSender>,
+    /// What one peer may send and store (see [`crate::limits`]).
+    pub limits: Limits,
 }
 
 /// The hub's state; see the [module documentation](self).
@@ -402,6 +409,10 @@ pub struct Hub {
     pending: HashMap<DocumentId, Pending>,
     /// The roles of each coalition's member organisations, read from its manifest.
     members: HashMap<DocumentId, HashMap<String, Vec<Role>>>,
+    limits: Limits,
+    /// What the store holds from each person seen: (documents created, bytes), including
+    /// this batch's.
+    usage: HashMap<String, (i64, i64)>,
     /// Devices revoked while the hub runs: a connection authenticated just before its
     /// device's revocation and opened just after is closed too.
     revoked: HashSet<String>,
@@ -433,6 +444,8 @@ pub fn spawn(
         authors,
         pending: HashMap::new(),
         members: HashMap::new(),
+        limits: config.limits,
+        usage: HashMap::new(),
         revoked: HashSet::new(),
         feed: config.feed,
     };
@@ -505,6 +518,7 @@ impl Hub {
                         docs: HashSet::new(),
                         refused: HashSet::new(),
                         closing: false,
+                        limits: ConnLimits::new(&self.limits, Instant::now()),
                     },
                 );
             }
@@ -752,6 +766,15 @@ impl Hub {
             .bytes_in
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         batch.sources.insert(conn);
+        let limits = self.limits;
+        let admitted = self
+            .conns
+            .get_mut(&conn)
+            .map(|c| c.limits.admit(&limits, bytes.len(), Instant::now()));
+        if let Some(Err(hit)) = admitted {
+            self.limit_hit(conn, hit, batch);
+            return;
+        }
         let message = match Message::decode(&bytes) {
             Ok(message) => message,
             Err(_) => {
@@ -926,10 +949,20 @@ impl Hub {
                 return None;
             }
         };
+        if screened.accepted_bytes > 0 {
+            let person = person_of(&device);
+            if let Err(hit) = self.charge(&person, 0, screened.accepted_bytes as i64, batch) {
+                // Nothing of the message is applied; the device keeps its changes.
+                self.pending.remove(&doc_id);
+                self.limit_hit(conn, hit, batch);
+                return None;
+            }
+        }
         self.metrics
             .changes_accepted
             .fetch_add(screened.accepted as u64, Ordering::Relaxed);
         if !screened.refused.is_empty() {
+            let count = screened.refused.len();
             self.quarantine(
                 conn,
                 doc_id,
@@ -938,6 +971,15 @@ impl Hub {
                 screened.refused,
                 batch,
             );
+            let max = self.limits.max_refused_per_connection;
+            let total = self.conns.get_mut(&conn).map(|c| {
+                c.limits.refused += count;
+                c.limits.refused
+            });
+            if let Some(total) = total.filter(|t| *t > max) {
+                self.limit_hit(conn, LimitHit::Refusals { count: total }, batch);
+                return None;
+            }
         }
         Some(match screened.rewritten {
             Some(data) => SyncMessage { data, ..message },
@@ -1296,6 +1338,20 @@ impl Hub {
             },
             _ => Err("connection gone".into()),
         };
+        let verdict = match (
+            verdict,
+            self.conns.get(&owner).map(|c| person_of(&c.device)),
+        ) {
+            (Ok(meta), Some(person)) => match self.charge(&person, 1, 0, batch) {
+                Ok(()) => Ok(meta),
+                Err(hit) => {
+                    self.send_error(owner, hit.to_string(), batch);
+                    self.metrics.limits_hit.fetch_add(1, Ordering::Relaxed);
+                    Err(hit.to_string())
+                }
+            },
+            (verdict, _) => verdict,
+        };
         match verdict {
             Ok(meta) => {
                 tracing::info!(%doc_id, coalition = %meta.coalition, kind = %meta.kind, "accepted a new document");
@@ -1368,6 +1424,71 @@ impl Hub {
         }
     }
 
+    /// A connection hit a limit: it is told which, and closed; everyone else goes on.
+    fn limit_hit(&mut self, conn: ConnId, hit: LimitHit, batch: &mut Batch) {
+        self.metrics.limits_hit.fetch_add(1, Ordering::Relaxed);
+        let device = self
+            .conns
+            .get(&conn)
+            .map(|c| c.device.device_id.clone())
+            .unwrap_or_default();
+        tracing::warn!(%conn, %device, limit = %hit, "a connection hit a limit; closing it");
+        self.send_error(conn, hit.to_string(), batch);
+        self.close(conn, hit.close_code(), hit.close_reason(), batch);
+    }
+
+    /// What the store holds from a person, this batch included.
+    fn usage_of(&mut self, person: &str) -> (i64, i64) {
+        if let Some(u) = self.usage.get(person) {
+            return *u;
+        }
+        let stored = match self.docs.store.usage(person) {
+            Ok(u) => u,
+            Err(error) => {
+                // Counting from zero only loosens a quota until the next restart.
+                tracing::warn!(%error, %person, "cannot read a person's usage");
+                (0, 0)
+            }
+        };
+        self.usage.insert(person.to_string(), stored);
+        stored
+    }
+
+    /// Count `documents` and `bytes` more for `person`, or say which quota that would break.
+    fn charge(
+        &mut self,
+        person: &str,
+        documents: i64,
+        bytes: i64,
+        batch: &mut Batch,
+    ) -> Result<(), LimitHit> {
+        let (d, b) = self.usage_of(person);
+        if documents > 0 && d + documents > self.limits.max_documents_per_person {
+            return Err(LimitHit::Documents {
+                person: person.to_string(),
+                used: d,
+                max: self.limits.max_documents_per_person,
+            });
+        }
+        if bytes > 0 && b + bytes > self.limits.max_bytes_per_person {
+            return Err(LimitHit::StoredBytes {
+                person: person.to_string(),
+                used: b,
+                max: self.limits.max_bytes_per_person,
+            });
+        }
+        self.usage
+            .insert(person.to_string(), (d + documents, b + bytes));
+        let entry = batch.usage.entry(person.to_string()).or_insert(Usage {
+            person: person.to_string(),
+            documents: 0,
+            bytes: 0,
+        });
+        entry.documents += documents;
+        entry.bytes += bytes;
+        Ok(())
+    }
+
     fn send_error(&mut self, conn: ConnId, text: String, batch: &mut Batch) {
         let message = Message::Error(ErrorMessage {
             message: text,
@@ -1390,7 +1511,12 @@ impl Hub {
             self.recheck_members(&manifests, &mut batch);
         }
         let mut saved = true;
-        if !batch.changed.is_empty() || !batch.sync_states.is_empty() || !batch.held.is_empty() {
+        let usage: Vec<Usage> = std::mem::take(&mut batch.usage).into_values().collect();
+        if !batch.changed.is_empty()
+            || !batch.sync_states.is_empty()
+            || !batch.held.is_empty()
+            || !usage.is_empty()
+        {
             let started = Instant::now();
             let Docs {
                 store,
@@ -1418,7 +1544,7 @@ impl Hub {
                 .iter()
                 .map(|((doc_id, peer), bytes)| (*doc_id, peer.as_str(), bytes.as_slice()))
                 .collect();
-            match store.save_batch(records, &states, &batch.held) {
+            match store.save_batch(records, &states, &batch.held, &usage) {
                 Ok(()) => {
                     self.metrics.observe_write(started.elapsed());
                     self.metrics
@@ -1432,6 +1558,8 @@ impl Hub {
             }
         }
         if !saved {
+            // What this batch counted against quotas was not stored either.
+            self.usage.clear();
             // The changes are only in memory: forget them (peers still have them and will
             // send them again), and drop every frame about them. Connections that lose frames
             // are closed, so that they resync from a clean state when they come back.
@@ -1581,6 +1709,11 @@ impl Hub {
         }
         self.dispatch(batch.out);
     }
+}
+
+/// How the quotas name a person.
+fn person_of(device: &DeviceAuth) -> String {
+    format!("{} ({})", device.user, device.org)
 }
 
 /// Documents without a description one connection may hold open at once.

@@ -25,6 +25,7 @@ pub mod dashboard;
 pub mod error;
 pub mod events;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod quarantine;
 pub mod quic;

@@ -89,6 +89,8 @@ pub struct Screened {
     pub refused: Vec<Refused>,
     /// How many changes were accepted.
     pub accepted: usize,
+    /// Their size in bytes.
+    pub accepted_bytes: usize,
 }
 
 /// The changes in a sync message, one by one. A chunk is a change, or (in a v2 message or
@@ -123,6 +125,7 @@ pub fn screen(
             rewritten: None,
             refused: Vec::new(),
             accepted: 0,
+            accepted_bytes: 0,
         });
     }
     // Changes that waited are judged again with what arrived.
@@ -149,6 +152,7 @@ pub fn screen(
         pending.waiting.insert(c.hash(), c);
     }
     let accepted = checked.accepted.len();
+    let accepted_bytes = checked.accepted.iter().map(|c| c.raw_bytes().len()).sum();
     message.changes = ChunkList::from(
         checked
             .accepted
@@ -161,6 +165,7 @@ pub fn screen(
         rewritten: Some(message.encode()),
         refused: checked.refused,
         accepted,
+        accepted_bytes,
     })
 }
 

@@ -56,6 +56,8 @@ pub struct RelayConfig {
     pub data: PathBuf,
     /// Documents kept in memory.
     pub max_docs: usize,
+    /// What one peer may send and store.
+    pub limits: crate::limits::Limits,
 }
 
 /// A started relay: the hub runs; [`Relay::serve`] puts it on a socket.
@@ -98,6 +100,7 @@ impl Relay {
                 engine,
                 max_docs: config.max_docs,
                 feed: Some(feed.clone()),
+                limits: config.limits,
             },
             hub_store,
             metrics.clone(),

@@ -26,6 +26,16 @@ use crate::state::AppState;
 /// fits; a peer cannot make the relay buffer more than this for one message.
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;
 
+/// WebSocket close code for a message over the size limit.
+const CLOSE_TOO_BIG: u16 = 1009;
+
+/// Whether a read failed because the peer's message is over [`MAX_FRAME`]. The WebSocket
+/// library reports it only as text ("Space limit exceeded: Message too long: …").
+fn is_too_long(error: &axum::Error) -> bool {
+    let text = error.to_string();
+    text.contains("Message too long") || text.contains("Space limit exceeded")
+}
+
 /// A peer that does not take a frame within this long is dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -96,7 +106,20 @@ async fn run(socket: WebSocket, conn: ConnId, device: Arc<DeviceAuth>, hub: HubH
                 Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
                 Some(Ok(WsMessage::Close(_))) | None => break,
                 Some(Err(error)) => {
-                    tracing::debug!(%conn, %error, "websocket read failed");
+                    if is_too_long(&error) {
+                        // Say why instead of dropping the socket: the peer must learn it hit a
+                        // limit, not retry the same frame forever.
+                        tracing::warn!(%conn, %error, "a frame over the size limit; closing");
+                        let frame = CloseFrame {
+                            code: CLOSE_TOO_BIG,
+                            reason: format!("message too large: the limit is {MAX_FRAME} bytes").into(),
+                        };
+                        if tokio::time::timeout(SEND_TIMEOUT, sink.send(WsMessage::Close(Some(frame)))).await.is_err() {
+                            tracing::debug!(%conn, "the close frame could not be sent in time");
+                        }
+                    } else {
+                        tracing::debug!(%conn, %error, "websocket read failed");
+                    }
                     break;
                 }
             },

@@ -246,6 +246,7 @@ impl HubRig {
                 engine,
                 max_docs: 100,
                 feed: None,
+                limits: coalition_server::limits::Limits::default(),
             },
             store,
             metrics.clone(),

@@ -77,6 +77,7 @@ impl TestRelay {
         let relay = within(Relay::start(RelayConfig {
             data: dir.path().to_path_buf(),
             max_docs,
+            limits: coalition_server::limits::Limits::default(),
         }))
         .await??;
         Ok(TestRelay { dir, relay })
@@ -144,13 +145,19 @@ pub async fn call(
     Ok((status, value))
 }
 
-/// `POST /api/v1/enroll`.
+/// `POST /api/v1/enroll`, as a client that makes a new actor per document (the tests' clients
+/// write with random actors, which the relay then binds to the device).
 pub async fn enroll(
     state: &AppState,
     invite: &str,
     actor: &str,
 ) -> Result<(StatusCode, serde_json::Value)> {
-    let body = serde_json::json!({ "invite": invite, "device": "test tablet", "actor": actor });
+    let body = serde_json::json!({
+        "invite": invite,
+        "device": "test tablet",
+        "actor": actor,
+        "random_actors": true,
+    });
     call(
         state,
         Request::post("/api/v1/enroll")

@@ -146,9 +146,14 @@ impl Client {
         self.perform(actions).await
     }
 
+    /// Write a section of the plan's narrative (which a coordinator may write).
     async fn edit(&mut self, id: DocumentId, key: &str, value: &str) -> Result<()> {
         let doc = self.docs.get_mut(&id).context("no such doc")?;
-        doc.put(ROOT, key, value)?;
+        let narrative = match doc.get(ROOT, "narrative")? {
+            Some((_, obj)) => obj,
+            None => doc.put_object(ROOT, "narrative", automerge::ObjType::Map)?,
+        };
+        doc.put(&narrative, key, value)?;
         doc.commit_with(CommitOptions::default().with_time(1_700_000_100));
         let actions = self.engine.local_change(id, &mut self.docs);
         self.perform(actions).await
@@ -156,6 +161,14 @@ impl Client {
 
     fn value(&self, id: &DocumentId, key: &str) -> Option<String> {
         let (value, _) = self.docs.get(id)?.get(ROOT, key).ok()??;
+        value.as_str().map(str::to_string)
+    }
+
+    /// A section of the plan's narrative.
+    fn section(&self, id: &DocumentId, key: &str) -> Option<String> {
+        let doc = self.docs.get(id)?;
+        let (_, narrative) = doc.get(ROOT, "narrative").ok()??;
+        let (value, _) = doc.get(&narrative, key).ok()??;
         value.as_str().map(str::to_string)
     }
 
@@ -223,6 +236,25 @@ async fn plan_of(served: &Served) -> Result<(DocumentId, AutoCommit)> {
     .await??
 }
 
+/// A section of a stored plan's narrative.
+async fn stored_section(served: &Served, id: DocumentId, key: &str) -> Result<Option<String>> {
+    let path = served.relay.dir.path().to_path_buf();
+    let key = key.to_string();
+    within(tokio::task::spawn_blocking(move || -> Result<_> {
+        let Some(stored) = Store::open(&path)?.load_doc(&id)? else {
+            return Ok(None);
+        };
+        let Some((_, narrative)) = stored.doc.get(ROOT, "narrative")? else {
+            return Ok(None);
+        };
+        Ok(stored
+            .doc
+            .get(&narrative, key.as_str())?
+            .and_then(|(v, _)| v.as_str().map(str::to_string)))
+    }))
+    .await??
+}
+
 async fn stored_value(served: &Served, id: DocumentId, key: &str) -> Result<Option<String>> {
     let path = served.relay.dir.path().to_path_buf();
     let key = key.to_string();
@@ -258,14 +290,14 @@ async fn two_clients_sync_a_document_through_the_relay() -> Result<()> {
     let mut empty = AutoCommit::new();
     empty.set_actor(automerge::ActorId::random());
     b.share(plan_id, empty).await?;
-    b.pump_until(|c| c.value(&plan_id, "from_a").is_some())
+    b.pump_until(|c| c.section(&plan_id, "from_a").is_some())
         .await?;
-    assert_eq!(b.value(&plan_id, "from_a").as_deref(), Some("hello"));
+    assert_eq!(b.section(&plan_id, "from_a").as_deref(), Some("hello"));
 
     // A change on one live client reaches the other at once.
     b.edit(plan_id, "from_b", "hi").await?;
     let started = Instant::now();
-    a.pump_until(|c| c.value(&plan_id, "from_b").is_some())
+    a.pump_until(|c| c.section(&plan_id, "from_b").is_some())
         .await?;
     // Generous: tests run in parallel on two cores in a debug build; the one-second bound on
     // loopback is checked by the end-to-end tests against a release relay.
@@ -277,11 +309,11 @@ async fn two_clients_sync_a_document_through_the_relay() -> Result<()> {
 
     // What the relay forwarded is in its store.
     assert_eq!(
-        stored_value(&served, plan_id, "from_a").await?.as_deref(),
+        stored_section(&served, plan_id, "from_a").await?.as_deref(),
         Some("hello")
     );
     assert_eq!(
-        stored_value(&served, plan_id, "from_b").await?.as_deref(),
+        stored_section(&served, plan_id, "from_b").await?.as_deref(),
         Some("hi")
     );
     assert!(
@@ -458,9 +490,10 @@ async fn shutdown_closes_connections_and_keeps_what_was_acknowledged() -> Result
         let stored = Store::open(&dir_path)?
             .load_doc(&plan_id)?
             .context("plan")?;
+        let (_, narrative) = stored.doc.get(ROOT, "narrative")?.context("narrative")?;
         Ok(stored
             .doc
-            .get(ROOT, "before_shutdown")?
+            .get(&narrative, "before_shutdown")?
             .and_then(|(v, _)| v.as_str().map(str::to_string)))
     }))
     .await???;

@@ -475,10 +475,34 @@ fn cases() -> Vec<Case> {
                 join: true,
                 frames: |_| vec![bin(vec![0x40; MAX_FRAME + 1])],
             },
-            // Today the relay drops the connection without a close frame or an `error`
-            // (`ws.rs` breaks on tungstenite's capacity error); a close 1009 is what a peer
-            // could act on.
-            expect: |_| answers(&[], End::Dropped),
+            expect: |_| {
+                answers(
+                    &[],
+                    End::Closed(
+                        1009,
+                        format!("message too large: the limit is {MAX_FRAME} bytes"),
+                    ),
+                )
+            },
+        },
+        Case {
+            name: "a flood of messages over the rate limit",
+            input: Input::Frames {
+                join: true,
+                // The default allows bursts of 2,000 messages, then 200 per second.
+                frames: |_| {
+                    let one = map(vec![("type", text("telepathy"))]);
+                    vec![bin(one); 3000]
+                },
+            },
+            expect: |_| {
+                answers(
+                    &[Answer::Error(
+                        "rate_limited: more than 200 messages per second; reconnect later".into(),
+                    )],
+                    End::Closed(1008, "rate limited".into()),
+                )
+            },
         },
         // --- Well-formed messages the relay must not act on ---
         Case {
