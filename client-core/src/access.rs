@@ -107,14 +107,49 @@ mod tests {
 
     #[test]
     fn who_creates_which_document() {
-        assert!(!may_create("ISU", &[Role::Coordinator], DocKind::Manifest, None));
-        assert!(may_create("ISU", &[Role::Coordinator], DocKind::Partner, Some("donor-DE")));
-        assert!(may_create("donor-DE", &[Role::Donor], DocKind::Partner, Some("donor-DE")));
-        assert!(!may_create("donor-DE", &[Role::Donor], DocKind::Partner, Some("donor-NO")));
-        assert!(!may_create("donor-DE", &[Role::Donor], DocKind::Operator, Some("donor-DE")));
-        assert!(may_create("NPA", &[Role::Operator], DocKind::Operator, Some("NPA")));
+        assert!(!may_create(
+            "ISU",
+            &[Role::Coordinator],
+            DocKind::Manifest,
+            None
+        ));
+        assert!(may_create(
+            "ISU",
+            &[Role::Coordinator],
+            DocKind::Partner,
+            Some("donor-DE")
+        ));
+        assert!(may_create(
+            "donor-DE",
+            &[Role::Donor],
+            DocKind::Partner,
+            Some("donor-DE")
+        ));
+        assert!(!may_create(
+            "donor-DE",
+            &[Role::Donor],
+            DocKind::Partner,
+            Some("donor-NO")
+        ));
+        assert!(!may_create(
+            "donor-DE",
+            &[Role::Donor],
+            DocKind::Operator,
+            Some("donor-DE")
+        ));
+        assert!(may_create(
+            "NPA",
+            &[Role::Operator],
+            DocKind::Operator,
+            Some("NPA")
+        ));
         assert!(!may_create("NPA", &[Role::Operator], DocKind::Plan, None));
-        assert!(may_create("CMC", &[Role::Observer], DocKind::Comments, Some("CMC")));
+        assert!(may_create(
+            "CMC",
+            &[Role::Observer],
+            DocKind::Comments,
+            Some("CMC")
+        ));
         assert!(!may_create("stranger", &[], DocKind::Comments, None));
     }
 

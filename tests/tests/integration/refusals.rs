@@ -162,11 +162,15 @@ fn http_post(url: &str, credential: &str) -> (u16, String) {
     (status, body)
 }
 
+/// Writes a row's bad change into a device's store (directory, coalition id); returns the
+/// change's hash and the start of the reason the relay must give.
+type Tamper = Box<dyn Fn(&Path, &str) -> (String, String)>;
+
 struct Row {
     name: &'static str,
     role: &'static str,
     /// Writes the bad change; returns the reason the relay must give.
-    write: Box<dyn Fn(&Path, &str) -> (String, String)>,
+    write: Tamper,
 }
 
 #[test]

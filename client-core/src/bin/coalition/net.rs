@@ -415,7 +415,7 @@ pub fn status(store: &Store, json: bool) -> Result<()> {
                 r.doc_id,
                 r.summary
                     .as_deref()
-                    .and_then(|m| commit_summary(m))
+                    .and_then(commit_summary)
                     .map(|s| format!(" ({s})"))
                     .unwrap_or_default(),
                 r.reason
