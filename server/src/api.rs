@@ -125,7 +125,9 @@ async fn enroll(
 ) -> Result<Json<EnrollResponse>, AppError> {
     let Json(req) = body.map_err(|e| AppError::BadRequest(e.body_text()))?;
     let enrolled = state
-        .with_auth(move |db| Ok(db.enroll_with(&req.invite, &req.device, &req.actor, req.random_actors)?))
+        .with_auth(move |db| {
+            Ok(db.enroll_with(&req.invite, &req.device, &req.actor, req.random_actors)?)
+        })
         .await?;
     state
         .metrics()

@@ -40,8 +40,8 @@ use automerge::AutoCommit;
 
 use super::docid::DocumentId;
 use super::message::{
-    DecodeError, DocUnavailableMessage, EphemeralMessage, ErrorMessage, RefusedChange, JoinMessage, Message,
-    PeerId, PeerMessage, PeerMetadata, StorageId, SyncMessage, PROTOCOL_V1,
+    DecodeError, DocUnavailableMessage, EphemeralMessage, ErrorMessage, JoinMessage, Message,
+    PeerId, PeerMessage, PeerMetadata, RefusedChange, StorageId, SyncMessage, PROTOCOL_V1,
 };
 
 /// The owner's handle for one transport connection (a WebSocket, a QUIC stream).
@@ -511,11 +511,14 @@ impl SyncEngine {
         match (stage, message) {
             (Stage::AwaitingJoin, Message::Join(join)) => self.on_join(conn, join, docs, &mut out),
             (Stage::AwaitingPeer, Message::Peer(peer)) => self.on_peer(conn, peer, docs, &mut out),
-            (Stage::Ready, Message::Error(ErrorMessage {
-                refused: Some(refused),
-                message,
-                ..
-            })) => {
+            (
+                Stage::Ready,
+                Message::Error(ErrorMessage {
+                    refused: Some(refused),
+                    message,
+                    ..
+                }),
+            ) => {
                 // The peer refused some of our changes to one document and goes on syncing.
                 tracing::warn!(%conn, doc = %refused.document_id, %message, "peer refused changes");
                 out.push(Action::ChangesRefused {

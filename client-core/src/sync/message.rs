@@ -638,7 +638,8 @@ impl<'a> Fields<'a> {
         let changes = items
             .iter()
             .map(|item| {
-                let f = Fields::new(item).map_err(|_| wrong("refusedChanges", "an array of maps"))?;
+                let f =
+                    Fields::new(item).map_err(|_| wrong("refusedChanges", "an array of maps"))?;
                 Ok(RefusedChange {
                     hash: f.text("hash")?.to_owned(),
                     reason: f.opt_text("reason")?.unwrap_or_default().to_owned(),
