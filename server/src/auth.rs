@@ -418,6 +418,10 @@ impl AuthDb {
         actor: &str,
         binds_seen_actors: bool,
     ) -> Result<Enrolled, AuthError> {
+        // An invite as printed may carry the relay's QUIC port and certificate pin after the
+        // code (`inv-CODE.PORT.PIN`); those are for the device. Browsers and other clients
+        // that send the whole text enroll as well.
+        let invite = invite.trim().split('.').next().unwrap_or_default();
         let device = device.trim();
         if device.is_empty() || device.len() > 200 {
             return Err(AuthError::BadRequest(
@@ -770,6 +774,24 @@ mod tests {
             Err(AuthError::DeviceRevoked)
         ));
         assert!(db.revoked_devices()?.contains(&enrolled.device_id));
+        Ok(())
+    }
+
+    #[test]
+    fn an_invite_with_its_quic_endpoint_enrolls_and_binds_actors_as_asked() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut db = AuthDb::open(dir.path())?;
+        let invite = db.create_invite(&spec(), now() + 3600)?;
+        let printed = format!("{}.8443.e8XNu_UfGld6QA7oCc1", invite.code);
+        let enrolled = db.enroll_with(&printed, "browser", ACTOR, true)?;
+        assert!(db.binds_seen_actors(&enrolled.device_id)?);
+        let owner = db.actor_owner(ACTOR)?.expect("the enrolled actor");
+        assert_eq!(owner.device_id, enrolled.device_id);
+        assert_eq!(owner.org, "BHMAC");
+        assert!(!owner.revoked);
+        assert_eq!(db.actor_owner("00000000000000000000000000000000")?, None);
+        db.revoke(&enrolled.device_id)?;
+        assert!(db.actor_owner(ACTOR)?.expect("still bound").revoked);
         Ok(())
     }
 
