@@ -3,7 +3,8 @@
 //
 //   node interop.mjs --server http://127.0.0.1:PORT --invite CODE \
 //       --doc <id of a coalition document created by Rust> --coalition <manifest id> \
-//       [--storage DIR] [--timeout-ms 30000]
+//       [--storage DIR] [--timeout-ms 30000] \
+//       [--forbidden-doc <plan id> --review-credential <a coordinator's credential>]
 //
 // 1. enrolls over HTTP (POST /api/v1/enroll) with a random actor;
 // 2. connects a stock Repo with the stock WebSocket client adapter to
@@ -12,7 +13,10 @@
 //    coalition app would (one immutable JSON string under `comments/<id>`);
 // 4. creates a new coalition document (root `doc_kind`, `doc_coalition`, `doc_owner` as scalar
 //    strings) and waits until the relay acknowledges both documents' heads;
-// 5. prints `{"created": "<id>", "edited": "<id>", ...}` on stdout and exits 0.
+// 5. with --forbidden-doc: writes a need into the plan, which this device's role may not do, and
+//    waits (reading the relay's quarantine with the coordinator's credential) until the relay
+//    has refused and quarantined it;
+// 6. prints `{"created": "<id>", "edited": "<id>", ...}` on stdout and exits 0.
 //
 // Any failure exits non-zero with a message on stderr. Every wait is bounded.
 
@@ -35,6 +39,8 @@ const { values: args } = parseArgs({
     storage: { type: "string" },
     "timeout-ms": { type: "string", default: "30000" },
     "doc-kind": { type: "string", default: "comments" },
+    "forbidden-doc": { type: "string" },
+    "review-credential": { type: "string" },
   },
 })
 
@@ -250,6 +256,40 @@ await untilRelayHas(handle, `the comment in ${docId}`)
 log(`relay acknowledged the edit of ${docId}`)
 await untilRelayHas(created, `the new document ${created.documentId}`)
 log(`relay acknowledged the new document ${created.documentId}`)
+// 6. A change this device's role may not make: the relay must refuse and quarantine it.
+let quarantined = null
+if (args["forbidden-doc"]) {
+  if (!args["review-credential"]) fail("--forbidden-doc needs --review-credential")
+  const planId = stripUrl(args["forbidden-doc"])
+  const plan = await repo.find(`automerge:${planId}`)
+  await until("the plan to have content", () => {
+    const d = plan.doc()
+    return d && d.needs && d
+  })
+  const needId = uuidv7()
+  plan.change(
+    d => {
+      d.needs[needId] = {
+        id: needId,
+        pillar: new ImmutableString("clearance"),
+        amount: 1,
+        currency: new ImmutableString("EUR"),
+      }
+    },
+    { message: JSON.stringify({ ...commitInfo, action: "put", entity: "needs", id: needId }), time: now },
+  )
+  log(`wrote a need into plan ${planId}; waiting for the relay's quarantine to hold it`)
+  quarantined = await until("the relay to quarantine the forbidden change", async () => {
+    const response = await fetch(`${args.server}/api/v1/coalitions/${coalitionId}/quarantine`, {
+      headers: { Authorization: `Bearer ${args["review-credential"]}` },
+    })
+    if (!response.ok) fail(`quarantine list: HTTP ${response.status}: ${await response.text()}`)
+    const list = await response.json()
+    return list.find(e => e.doc_id === planId && e.sent_by === enrolled.device_id)
+  })
+  log(`the relay refused it: ${quarantined.reason}`)
+}
+
 if (args.storage) await repo.flush()
 
 process.stdout.write(
@@ -261,6 +301,7 @@ process.stdout.write(
     org: enrolled.org,
     user: enrolled.user,
     device_id: enrolled.device_id,
+    quarantined,
   }) + "\n",
 )
 await repo.shutdown().catch(() => {})

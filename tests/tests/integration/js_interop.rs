@@ -189,6 +189,14 @@ fn stock_js_client_edits_and_creates_through_the_relay() {
         .find(|d| d.kind == DocKind::Comments)
         .expect("a comments document")
         .id;
+    let plan_doc = Store::open(&rust)
+        .expect("open the Rust store")
+        .load(&coalition_doc)
+        .expect("coalition on the device")
+        .docs()
+        .find(|d| d.kind == DocKind::Plan)
+        .expect("a plan")
+        .id;
 
     // The stock JavaScript client.
     let mut command = Command::new("node");
@@ -198,6 +206,10 @@ fn stock_js_client_edits_and_creates_through_the_relay() {
         .args(["--server", &server, "--invite", &js_invite])
         .args(["--doc", &comments_doc.to_string()])
         .args(["--coalition", &coalition_id])
+        // The operator also writes a need, which only the mine action centre may: the relay
+        // must refuse it from a stock client as from ours.
+        .args(["--forbidden-doc", &plan_doc.to_string()])
+        .args(["--review-credential", &credential])
         .arg("--storage")
         .arg(tmp.path().join("js-storage"))
         .args(["--timeout-ms", "30000"]);
@@ -231,6 +243,30 @@ fn stock_js_client_edits_and_creates_through_the_relay() {
     assert_eq!(entry["user"], "jana", "{entry:#}");
     // The consolidated report still builds with the JavaScript changes in.
     relay.api(&credential, &coalition_id, "report");
+
+    // The forbidden need was refused, kept in quarantine with its author, and is not in the
+    // plan the relay serves.
+    let held = &js["quarantined"];
+    assert_eq!(
+        held["reason"], "NPA (operator) may not write needs in the plan document",
+        "{held:#}"
+    );
+    assert_eq!(held["status"], "held", "{held:#}");
+    assert_eq!(held["doc_id"], plan_doc.to_string(), "{held:#}");
+    assert!(
+        held["author"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("jana (NPA)")),
+        "the quarantine names the author: {held:#}"
+    );
+    assert!(
+        !history
+            .as_array()
+            .expect("history")
+            .iter()
+            .any(|e| e["entity"] == "needs"),
+        "the relay's history shows the refused need: {history:#}"
+    );
 
     // A second Rust device, enrolled now, gets both comments.
     let observer = tmp.path().join("observer");
