@@ -562,3 +562,73 @@ async fn idle_documents_are_evicted_and_reloaded_on_demand() -> Result<()> {
         .await?;
     served.stop().await
 }
+
+#[tokio::test]
+async fn an_organisation_removed_from_the_coalition_is_disconnected_at_once() -> Result<()> {
+    let served = Served::start().await?;
+    let state = served.state.clone();
+    let coordinator = credential(&state, served.coalition, "MCA-BA", "coordinator").await?;
+    let donor = credential(&state, served.coalition, "donor-DE", "donor").await?;
+    let manifest_id = served.coalition;
+    let path = served.relay.dir.path().to_path_buf();
+    let mut manifest = within(tokio::task::spawn_blocking(move || -> Result<_> {
+        Ok(Store::open(&path)?
+            .load_doc(&manifest_id)?
+            .context("manifest")?
+            .doc)
+    }))
+    .await???;
+
+    // The coordinator adds the donor's organisation as a member.
+    let mut a = Client::connect(&served, &coordinator, "coordinator").await?;
+    let mut copy = manifest.fork();
+    copy.set_actor(automerge::ActorId::random());
+    a.share(manifest_id, copy).await?;
+    a.pump_for(Duration::from_millis(200)).await?;
+    {
+        let doc = a.docs.get_mut(&manifest_id).context("manifest")?;
+        let (_, members) = doc.get(ROOT, "members")?.context("members")?;
+        let m = doc.put_object(&members, "donor-DE", automerge::ObjType::Map)?;
+        doc.put(&m, "org", "donor-DE")?;
+        doc.put(&m, "name", "Germany")?;
+        doc.put(&m, "kind", "donor")?;
+        let roles = doc.put_object(&m, "roles", automerge::ObjType::Map)?;
+        doc.put(&roles, "donor", true)?;
+        doc.put(&m, "country", automerge::ScalarValue::Null)?;
+        doc.commit_with(CommitOptions::default().with_time(1_700_000_400));
+        let actions = a.engine.local_change(manifest_id, &mut a.docs);
+        a.perform(actions).await?;
+    }
+    a.pump_for(Duration::from_millis(300)).await?;
+
+    // The donor reads the coalition.
+    let mut d = Client::connect(&served, &donor, "donor").await?;
+    d.share(manifest_id, AutoCommit::new()).await?;
+    d.pump_until(|c| c.value(&manifest_id, "doc_kind").is_some())
+        .await?;
+
+    // The coordinator removes it again.
+    {
+        let doc = a.docs.get_mut(&manifest_id).context("manifest")?;
+        let (_, members) = doc.get(ROOT, "members")?.context("members")?;
+        doc.delete(&members, "donor-DE")?;
+        doc.commit_with(CommitOptions::default().with_time(1_700_000_500));
+        let actions = a.engine.local_change(manifest_id, &mut a.docs);
+        a.perform(actions).await?;
+    }
+
+    // The donor's live connection is told and closed; a new one sees nothing of the coalition.
+    d.pump_until(|c| c.closed).await?;
+    assert!(
+        d.errors.iter().any(|e| e.contains("not_a_member")),
+        "the device is told why: {:?}",
+        d.errors
+    );
+    let mut again = Client::connect(&served, &donor, "donor-again").await?;
+    again.share(manifest_id, AutoCommit::new()).await?;
+    again
+        .pump_until(|c| c.unavailable.contains(&manifest_id))
+        .await?;
+    assert!(a.errors.is_empty(), "{:?}", a.errors);
+    served.stop().await
+}
