@@ -87,6 +87,12 @@ impl DocumentSource for BTreeMap<DocumentId, AutoCommit> {
     }
 }
 
+/// Default [`EngineConfig::max_message_changes`]: 8 KiB, one second of a 64 kbit/s link, and
+/// the most a cut link makes a device fetch again. A piece costs about 160 bytes beyond its
+/// changes (the envelope, our heads; the peer answers only the last piece), so pieces this
+/// size add about 2% to a large catch-up.
+pub const DEFAULT_MAX_MESSAGE_CHANGES: usize = 8 * 1024;
+
 /// How the engine presents itself and the limits it keeps.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -102,6 +108,10 @@ pub struct EngineConfig {
     pub max_pending_messages: usize,
     /// How many ephemeral message ids are remembered to drop duplicates.
     pub ephemeral_dedup_window: usize,
+    /// The most change bytes one `sync` message carries (one change larger than this still
+    /// goes alone). A larger catch-up is sent as several messages, each applied and stored on
+    /// arrival, so a link cut half way loses at most one of them.
+    pub max_message_changes: usize,
 }
 
 impl EngineConfig {
@@ -113,6 +123,7 @@ impl EngineConfig {
             handshake_timeout: Duration::from_secs(30),
             max_pending_messages: 64,
             ephemeral_dedup_window: 1000,
+            max_message_changes: DEFAULT_MAX_MESSAGE_CHANGES,
         }
     }
 }
@@ -974,6 +985,7 @@ impl SyncEngine {
         } else if is_request {
             peer_doc.status = PeerDocStatus::Wants;
         }
+        let more_to_come = is_piece(&decoded);
         let before = doc.get_heads();
         if let Err(source) = doc
             .sync()
@@ -1008,7 +1020,9 @@ impl SyncEngine {
                     }),
                 });
             }
-        } else {
+        } else if !more_to_come {
+            // An answer to every piece of a catch-up would start an exchange of empty
+            // messages for as long as the rest is on its way; the last piece is answered.
             self.generate(conn, doc_id, docs, out);
         }
 
@@ -1174,28 +1188,34 @@ impl SyncEngine {
         let Some(peer_doc) = c.docs.get_mut(&doc_id) else {
             return;
         };
-        let Some(message) = doc.sync().generate_sync_message(&mut peer_doc.state) else {
+        if nothing_to_send(doc, &peer_doc.state) {
             return;
-        };
+        }
+        let pieces = bounded_messages(doc, &mut peer_doc.state, self.config.max_message_changes);
+        if pieces.is_empty() {
+            return;
+        }
         // As automerge-repo: with nothing of the document, and nothing known about the peer's
         // copy, the message asks for the document.
         let is_request = doc.get_heads().is_empty()
             && peer_doc.state.shared_heads.is_empty()
             && peer_doc.status == PeerDocStatus::Unknown;
-        let payload = SyncMessage {
-            sender_id,
-            target_id,
-            document_id: doc_id,
-            data: message.encode(),
-        };
-        out.push(Action::Send {
-            conn,
-            message: if is_request {
-                Message::Request(payload)
-            } else {
-                Message::Sync(payload)
-            },
-        });
+        for piece in pieces {
+            let payload = SyncMessage {
+                sender_id: sender_id.clone(),
+                target_id: target_id.clone(),
+                document_id: doc_id,
+                data: piece.encode(),
+            };
+            out.push(Action::Send {
+                conn,
+                message: if is_request {
+                    Message::Request(payload)
+                } else {
+                    Message::Sync(payload)
+                },
+            });
+        }
         self.persist_if_changed(conn, doc_id, out);
     }
 
@@ -1241,6 +1261,34 @@ impl SyncEngine {
     }
 }
 
+/// Whether `generate_sync_message` would return nothing for this state, told without asking it:
+/// the peer was last sent these very heads and has either not answered since (`in_flight`) or
+/// answered with the same heads and needs nothing. Automerge only finds that out after building
+/// a Bloom filter and walking the change graph for the changes to send; on a relay, where every
+/// peer of a document acknowledges every change forwarded to it, those answers are half of all
+/// the messages it generates for. The reset Automerge sends to a peer whose last sync names
+/// changes it does not have is checked first, as Automerge does (with `get_missing_deps`:
+/// `get_change_by_hash` would rebuild each change from the document's columns).
+fn nothing_to_send(doc: &mut AutoCommit, state: &sync::State) -> bool {
+    if !state.have_responded {
+        return false;
+    }
+    let heads = doc.get_heads();
+    if heads.is_empty() || state.last_sent_heads != heads {
+        return false;
+    }
+    let last_sync_known = match state.their_have.as_ref().and_then(|h| h.first()) {
+        Some(have) => doc.get_missing_deps(&have.last_sync).is_empty(),
+        None => true,
+    };
+    if !last_sync_known {
+        return false;
+    }
+    state.in_flight
+        || (state.their_heads.as_ref() == Some(&heads)
+            && state.their_need.as_ref().is_none_or(Vec::is_empty))
+}
+
 fn connection(phase: Phase, now: Instant) -> Connection {
     Connection {
         phase,
@@ -1254,6 +1302,137 @@ fn error_action(conn: ConnId, error: EngineError) -> Action {
         conn: Some(conn),
         error,
     }
+}
+
+/// The next sync message for a peer, as one message or, when its changes pass `cap` bytes,
+/// as several, so that a cut link loses at most one piece of a large catch-up.
+///
+/// A message is applied all or nothing: automerge's answer to a peer that lacks much of a
+/// document is one message holding the whole saved document (a v2 message), and a link cut
+/// before its last byte loses all of it. Here such a catch-up is made again as a v1 message
+/// (changes one by one: a few times the bytes of a saved document for small changes, but they
+/// can be split) and its changes are dealt into pieces of at most `cap` bytes in causal order,
+/// so each piece applies on arrival and the peer stores it and moves its sync state forward.
+///
+/// Every piece carries our heads. Only the last carries our `have` and `need`: a piece with an
+/// empty `have` and `need` asks the peer for nothing, so it waits for the last piece (which
+/// says what we hold) before it sends what we lack, exactly as after one whole message. Stock
+/// automerge peers apply such pieces like any other v1 messages.
+fn bounded_messages(
+    doc: &mut AutoCommit,
+    state: &mut sync::State,
+    cap: usize,
+) -> Vec<sync::Message> {
+    let before = state.clone();
+    let Some(message) = doc.sync().generate_sync_message(state) else {
+        return Vec::new();
+    };
+    if message.changes.iter().map(<[u8]>::len).sum::<usize>() <= cap {
+        return vec![message];
+    }
+    let message = if message.version == sync::MessageVersion::V2 {
+        // Make the same message again without the whole-document shortcut.
+        *state = before;
+        let capabilities = state.their_capabilities.clone();
+        if let Some(caps) = &mut state.their_capabilities {
+            caps.retain(|c| *c != sync::Capability::MessageV2);
+        }
+        let again = doc.sync().generate_sync_message(state);
+        state.their_capabilities = capabilities;
+        match again {
+            Some(m) => m,
+            None => return Vec::new(),
+        }
+    } else {
+        message
+    };
+    let changes = causal_order(message.changes.iter().map(<[u8]>::to_vec).collect());
+    let mut groups: Vec<Vec<Vec<u8>>> = Vec::new();
+    let mut size = 0;
+    for change in changes {
+        match groups.last_mut() {
+            Some(group) if size + change.len() <= cap => {
+                size += change.len();
+                group.push(change);
+            }
+            _ => {
+                size = change.len();
+                groups.push(vec![change]);
+            }
+        }
+    }
+    let last = groups.len().saturating_sub(1);
+    groups
+        .into_iter()
+        .enumerate()
+        .map(|(i, group)| sync::Message {
+            heads: message.heads.clone(),
+            need: if i == last {
+                message.need.clone()
+            } else {
+                Vec::new()
+            },
+            have: if i == last {
+                message.have.clone()
+            } else {
+                Vec::new()
+            },
+            changes: group.into(),
+            flags: message.flags,
+            version: sync::MessageVersion::V1,
+        })
+        .collect()
+}
+
+/// Whether a sync message is a piece of a larger one that [`bounded_messages`] split: it
+/// carries changes but says nothing of what its sender has or needs. Automerge never sends
+/// that otherwise (it withholds `have` only while it needs something, which it then says).
+fn is_piece(message: &sync::Message) -> bool {
+    !message.changes.is_empty() && message.have.is_empty() && message.need.is_empty()
+}
+
+/// Encoded changes sorted so that each comes after the changes among them it depends on
+/// (otherwise in the order given). A change that does not decode keeps its place: the peer
+/// will refuse it as it would have in one message.
+fn causal_order(changes: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    let decoded: Vec<Option<automerge::Change>> = changes
+        .iter()
+        .map(|bytes| automerge::Change::try_from(bytes.as_slice()).ok())
+        .collect();
+    let index: HashMap<automerge::ChangeHash, usize> = decoded
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| c.as_ref().map(|c| (c.hash(), i)))
+        .collect();
+    let mut placed = vec![false; changes.len()];
+    let mut order = Vec::with_capacity(changes.len());
+    // Depth-first from each change in the given order, dependencies first; an explicit stack,
+    // as a chain of thousands of changes would overflow the call stack.
+    for start in 0..changes.len() {
+        let mut stack = vec![(start, false)];
+        while let Some((i, deps_done)) = stack.pop() {
+            if placed[i] {
+                continue;
+            }
+            if deps_done {
+                placed[i] = true;
+                order.push(i);
+                continue;
+            }
+            stack.push((i, true));
+            if let Some(change) = &decoded[i] {
+                for dep in change.deps() {
+                    if let Some(&d) = index.get(dep) {
+                        if !placed[d] {
+                            stack.push((d, false));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut slots: Vec<Option<Vec<u8>>> = changes.into_iter().map(Some).collect();
+    order.into_iter().filter_map(|i| slots[i].take()).collect()
 }
 
 /// A persisted sync state, ready to resume: assume the peer still has what it had when we last
@@ -1647,6 +1826,135 @@ mod tests {
             persisted * 5 < fresh,
             "persisted {persisted} bytes vs fresh {fresh} bytes"
         );
+    }
+
+    fn client_heads(net: &mut Net, id: DocumentId) -> Vec<automerge::ChangeHash> {
+        net.nodes[CLIENT]
+            .store
+            .loaded
+            .get_mut(&id)
+            .map(|d| d.get_heads())
+            .unwrap_or_default()
+    }
+
+    /// Bytes to bring an empty client a document of 200 changes (~30 KB) from the relay, in
+    /// pieces of at most 4 KB of changes: uninterrupted (`cut` = `None`), or with the link
+    /// cut once `cut` bytes were delivered, then a new connection from a restarted client.
+    fn catch_up_cost(cut: Option<usize>) -> usize {
+        let mut net = client_and_relay();
+        for node in &mut net.nodes {
+            let mut config = node.engine.config.clone();
+            config.max_message_changes = 4096;
+            node.engine = SyncEngine::new(config);
+        }
+        let id = DocumentId::new_random();
+        let mut doc = AutoCommit::new();
+        for i in 0..200 {
+            // Little that compresses, so that even a saved document passes the cap.
+            let text: String = (0..4)
+                .map(|_| format!("{:032x}", rand::random::<u128>()))
+                .collect();
+            doc.put(ROOT, format!("k{i}"), text).expect("put");
+            doc.commit_with(CommitOptions::default().with_time(1_700_000_000 + i));
+        }
+        let expected = doc.get_heads();
+        net.nodes[RELAY].store.on_disk.insert(id, doc);
+        net.nodes[CLIENT].store.loaded.insert(id, AutoCommit::new());
+        net.connect(CLIENT, RELAY, CONN);
+        let n = &mut net.nodes[CLIENT];
+        let actions = n.engine.share_doc(id, &mut n.store);
+        net.handle(CLIENT, actions);
+        let Some(cut) = cut else {
+            net.run();
+            assert_eq!(client_heads(&mut net, id), expected);
+            // Applied piece by piece, each reported for storage as it arrived.
+            assert!(
+                net.nodes[CLIENT].changed.len() > 5,
+                "{:?}",
+                net.nodes[CLIENT].changed
+            );
+            return net.bytes_sent;
+        };
+        let mut delivered = 0;
+        while let Some((node, conn, bytes)) = net.queue.pop_front() {
+            if delivered + bytes.len() > cut {
+                break;
+            }
+            delivered += bytes.len();
+            let n = &mut net.nodes[node];
+            let actions = n.engine.receive_bytes(conn, &bytes, net.now, &mut n.store);
+            net.handle(node, actions);
+        }
+        net.queue.clear();
+        net.disconnect(CLIENT, CONN);
+        let got = net.nodes[CLIENT]
+            .store
+            .loaded
+            .get_mut(&id)
+            .map_or(0, |d| d.get_changes(&[]).len());
+        assert!(got > 0 && got < 200, "the cut left {got} changes");
+
+        // The client restarts with what it stored: the document and its sync state.
+        let config = net.nodes[CLIENT].engine.config.clone();
+        net.nodes[CLIENT].engine = SyncEngine::new(config);
+        net.bytes_sent = 0;
+        net.connect(CLIENT, RELAY, ConnId(2));
+        net.share(CLIENT, id);
+        assert_eq!(client_heads(&mut net, id), expected);
+        for node in &net.nodes {
+            assert!(node.errors.is_empty(), "{:?}", node.errors);
+        }
+        delivered + net.bytes_sent
+    }
+
+    #[test]
+    fn a_catch_up_cut_half_way_resumes_without_sending_again_what_arrived() {
+        // Issue 5: one whole-document message lost everything in flight at the cut.
+        let whole = catch_up_cost(None);
+        let resumed = catch_up_cost(Some(whole / 2));
+        assert!(
+            resumed * 100 <= whole * 110,
+            "resumed {resumed} B against {whole} B uninterrupted"
+        );
+    }
+
+    #[test]
+    fn changes_are_dealt_into_pieces_in_causal_order() {
+        let mut doc = AutoCommit::new();
+        for i in 0..50 {
+            doc.put(ROOT, "k", format!("{:032x}", rand::random::<u128>()))
+                .expect("put");
+            doc.commit_with(CommitOptions::default().with_time(1_700_000_000 + i));
+        }
+        let mut changes: Vec<Vec<u8>> = doc
+            .get_changes(&[])
+            .into_iter()
+            .map(|c| c.raw_bytes().to_vec())
+            .collect();
+        changes.reverse();
+        let mut state = sync::State::new();
+        let sorted = causal_order(changes);
+        let mut fresh = AutoCommit::new();
+        for change in &sorted {
+            fresh.load_incremental(change).expect("load");
+            // Each change applies on its own: nothing waits for a later one.
+            assert_eq!(fresh.get_heads().len(), 1);
+        }
+        assert_eq!(fresh.get_heads(), doc.get_heads());
+        // A fresh peer state would get the whole document as one v2 message; bounded, it
+        // gets v1 pieces, all but the last without `have`/`need`.
+        state.their_heads = Some(Vec::new());
+        state.their_need = Some(Vec::new());
+        state.their_have = Some(vec![sync::Have::default()]);
+        state.their_capabilities = Some(vec![sync::Capability::MessageV2]);
+        let cap = doc.save().len() / 4;
+        let pieces = bounded_messages(&mut doc, &mut state, cap);
+        assert!(pieces.len() > 2, "{} pieces", pieces.len());
+        let (last, rest) = pieces.split_last().expect("pieces");
+        assert!(rest.iter().all(is_piece));
+        assert!(!is_piece(last));
+        assert!(pieces.iter().all(|p| p.version == sync::MessageVersion::V1
+            && p.changes.iter().map(<[u8]>::len).sum::<usize>() <= cap));
     }
 
     #[test]
