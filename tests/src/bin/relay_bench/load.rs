@@ -5,10 +5,11 @@
 //! protocol directly: `join`/`peer`, then one `automerge::sync::State` with the relay for its
 //! group's document. Clients are grouped (`--group`, 10 by default) so that each document is
 //! shared by a group. The first client of a group creates the document (root `doc_kind`,
-//! `doc_coalition`, and an `edits` map, so that our relay accepts it as a coalition document)
-//! and pushes it; the others `request` it. Then every client puts one key into `edits` at a
-//! steady rate; the change's commit message carries `client:seq:nanos` (nanoseconds since an
-//! `Instant` all clients share), so that the receiving client can compute the fan-out latency.
+//! `doc_coalition`, and a `comments` map, so that our relay accepts it as a coalition document)
+//! and pushes it; the others `request` it. Then every client adds one comment to `comments` at a
+//! steady rate (a record a member may add, so our relay's change screen accepts it); the
+//! change's commit message carries `client:seq:nanos` (nanoseconds since an `Instant` all
+//! clients share), so that the receiving client can compute the fan-out latency.
 //!
 //! Measured: edits made; edits the relay acknowledged to their author (its heads in a sync
 //! message include the change; checked once more against its last heads at the end); every
@@ -26,7 +27,7 @@ use automerge::sync::{self, SyncDoc};
 use automerge::transaction::CommitOptions;
 use automerge::transaction::Transactable;
 use automerge::{ActorId, AutoCommit, ChangeHash, ObjType, ReadDoc, ROOT};
-use coalition_core::model::{CoalitionInfo, Member, OrgKind, TreatyStatus};
+use coalition_core::model::{CoalitionInfo, Comment, CommentKind, Member, OrgKind, TreatyStatus};
 use coalition_core::store::Store;
 use coalition_core::sync::message::{JoinMessage, SyncMessage};
 use coalition_core::sync::{DocumentId, Message, PeerId, PeerMetadata, StorageId};
@@ -42,6 +43,10 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::common::{fmt_us, quantile, temp_dir, RelayKind, RelayProc};
+
+/// The organisation of the coalition's founder and of every load client (coordinator and
+/// mine action centre).
+pub(super) const LOAD_ORG: &str = "MCA";
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type Tx = SplitSink<Ws, WsMessage>;
@@ -161,12 +166,12 @@ async fn sync_out(
     send(tx, &m).await
 }
 
-/// The document a group's first client creates.
+/// The document a group's first client creates: a comments document of the coalition, which
+/// any member may create and write.
 fn new_doc(actor: &ActorId, coalition: &str) -> Result<AutoCommit> {
     let mut doc = AutoCommit::new().with_actor(actor.clone());
     doc.put(ROOT, "doc_kind", "comments")?;
     doc.put(ROOT, "doc_coalition", coalition)?;
-    doc.put_object(ROOT, "edits", ObjType::Map)?;
     doc.put_object(ROOT, "comments", ObjType::Map)?;
     doc.commit_with(
         CommitOptions::default()
@@ -254,7 +259,7 @@ async fn client_inner(
     let mut counted_ready = false;
     let mut retries = 0;
     let mut retry_at: Option<Instant> = None;
-    let mut edits_obj = None;
+    let mut comments_obj = None;
     let mut seq: u64 = 0;
     // (hash, seq, nanos at commit)
     let mut pending: VecDeque<(ChangeHash, u64)> = VecDeque::new();
@@ -281,19 +286,29 @@ async fn client_inner(
                 }
             }
             _ = tick(&mut ticker), if editing => {
-                let obj = match &edits_obj {
+                let obj = match &comments_obj {
                     Some(o) => o,
                     None => {
-                        let Some((_, o)) = doc.get(ROOT, "edits")? else {
-                            bail!("the document has no `edits` map");
+                        let Some((_, o)) = doc.get(ROOT, "comments")? else {
+                            bail!("the document has no `comments` map");
                         };
-                        edits_obj = Some(o);
-                        edits_obj.as_ref().context("just set")?
+                        comments_obj = Some(o);
+                        comments_obj.as_ref().context("just set")?
                     }
                 };
                 seq += 1;
                 let nanos = shared.nanos();
-                doc.put(obj, format!("{}{seq}", prefix), nanos as i64)?;
+                let id = format!("load-{}-{seq}", spec.ix);
+                let comment = Comment {
+                    id: id.clone(),
+                    kind: CommentKind::Comment,
+                    about: None,
+                    text: format!("edit {seq} of client {}", spec.ix),
+                    org: LOAD_ORG.into(),
+                    user: format!("load{}", spec.ix),
+                    at: (nanos / 1_000_000_000) as i64,
+                };
+                doc.put(obj, id, serde_json::to_string(&comment)?)?;
                 let hash = doc.commit_with(
                     CommitOptions::default()
                         .with_message(format!("{}{seq}:{nanos}", prefix))
@@ -506,7 +521,7 @@ pub fn setup_ours(
     let now = chrono::Utc::now().timestamp();
     let coord = Identity {
         user: "cora".into(),
-        org: "MCA".into(),
+        org: LOAD_ORG.into(),
         device: "bench".into(),
         actor: "01".repeat(16),
     };
@@ -519,7 +534,7 @@ pub fn setup_ours(
             entry_into_force: None,
         },
         Member {
-            org: "MCA".into(),
+            org: LOAD_ORG.into(),
             name: "Ministry".into(),
             kind: OrgKind::AffectedState,
             roles: Default::default(),
@@ -538,7 +553,7 @@ pub fn setup_ours(
             &InviteSpec {
                 coalition: id,
                 user: format!("load{i}"),
-                org: "MCA".into(),
+                org: LOAD_ORG.into(),
                 role: "coordinator".into(),
             },
             now + 3600,
@@ -582,7 +597,7 @@ pub fn run(args: &LoadArgs) -> Result<Row> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let row = runtime.block_on(drive(args, &relay, coalition, creds));
+    let row = runtime.block_on(drive(args, &relay, coalition, creds, |_| {}));
     runtime.shutdown_timeout(Duration::from_secs(5));
     relay.stop()?;
     if std::env::var_os("RELAY_BENCH_KEEP").is_none() {
@@ -612,11 +627,15 @@ pub(super) async fn wait_for(
     Ok(())
 }
 
-async fn drive(
+/// Runs the clients against `relay` and measures them. `beside` is called once, just before
+/// editing starts, with the phase the clients follow: other load (see `hostile`) starts there
+/// and stops with them.
+pub(super) async fn drive(
     args: &LoadArgs,
     relay: &RelayProc,
     coalition: String,
     creds: Vec<(Option<String>, ActorId)>,
+    beside: impl FnOnce(watch::Receiver<Phase>),
 ) -> Result<Row> {
     let pid = relay.pid();
     let groups = args.clients.div_ceil(args.group);
@@ -704,6 +723,7 @@ async fn drive(
     );
     let mut peak = rss_idle;
     let run_start = shared.nanos();
+    beside(phase_rx.clone());
     phase_tx.send(Phase::Run)?;
     let end = Instant::now() + args.duration;
     let mut next_log = Instant::now() + Duration::from_secs(10);
