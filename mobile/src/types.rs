@@ -272,6 +272,24 @@ pub struct DeviceStatus {
     /// Documents with changes not known to be on the relay: show it before the user goes
     /// offline.
     pub unsent_documents: i64,
+    /// Changes of this device the relay refused, kept on the device: show them with why.
+    pub refused_changes: Vec<RefusedChange>,
+}
+
+/// A change the relay refused; the device keeps it aside (never deleted) until a coordinator
+/// accepts it on the relay, when it comes back through sync.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct RefusedChange {
+    /// The change hash, hex.
+    pub hash: String,
+    /// The document it was made to.
+    pub document_id: String,
+    /// What it did, from its commit message, when it says.
+    pub summary: Option<String>,
+    /// Why the relay refused it.
+    pub reason: String,
+    /// When it was set aside (unix seconds).
+    pub at: i64,
 }
 
 impl From<transport::DeviceStatus> for DeviceStatus {
@@ -285,6 +303,17 @@ impl From<transport::DeviceStatus> for DeviceStatus {
             last_sync: s.last_sync,
             last_error: s.last_error,
             unsent_documents: count(s.unsent_documents),
+            refused_changes: s
+                .refused
+                .into_iter()
+                .map(|h| RefusedChange {
+                    hash: h.hash,
+                    document_id: h.doc_id,
+                    summary: h.summary,
+                    reason: h.reason,
+                    at: h.held_at,
+                })
+                .collect(),
         }
     }
 }

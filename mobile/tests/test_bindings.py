@@ -192,6 +192,7 @@ async def scenario(tmp, url, coalition, nmac_invite, operator_invite):
     check({h.org for h in history} == {"BHMAC"} and len(history) >= 2, f"history: {history}")
     check(await nmac.conflicts(coalition) == [], "no conflicting fields")
     check((await nmac.status()).unsent_documents == 0, "nmac has sent everything")
+    check((await nmac.status()).refused_changes == [], "the relay refused nothing of the nmac's")
 
     # Background sync on the operator's tablet; the mine action centre approves the entry.
     listener = Listener()
