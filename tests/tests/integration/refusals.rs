@@ -4,7 +4,7 @@
 //! being lost; a coordinator then accepts one (it reaches the devices) and discards another.
 //!
 //! A table: each row is a device of the demo coalition, a raw write, and the exact reason the
-//! relay must give. After each row: the sync completes, the device's `status` lists the change
+//! relay must give; then a revoked device's change carried to the relay by another device. After each row: the sync completes, the device's `status` lists the change
 //! as refused with that reason, the device's own view is back to what it was, the relay's
 //! quarantine holds the change with the same reason, and the relay's report did not move.
 
@@ -446,6 +446,64 @@ fn refused_changes_are_quarantined_named_to_the_device_and_kept_aside() {
         quarantined.push((row.name.to_string(), entry["id"].as_i64().expect("id")));
     }
 
+    // A revoked device's change, carried to the relay by another device (an export file
+    // imported there), is refused whoever brings it.
+    let invite = coalition_server(&[
+        "admin",
+        "--data",
+        &data_arg,
+        "invite",
+        "--coalition",
+        &coalition,
+        "--user",
+        "mia",
+        "--org",
+        "BHMAC",
+        "--role",
+        "nmac",
+    ]);
+    let lost = tmp.path().join("lost-tablet");
+    enroll(&lost, &relay.url(), invite.trim(), "lost-tablet");
+    must_sync(&lost);
+    let written = coalition_json(
+        &lost,
+        &["comment", "--text", "written before the tablet was lost"],
+    );
+    let lost_change = crate::support::change_of(&written);
+    let file = tmp.path().join("lost.coalition");
+    coalition_json(&lost, &["export", "--out", file.to_str().expect("path")]);
+    let lost_device = coalition_json(&lost, &["status"])["device_id"]
+        .as_str()
+        .expect("device id")
+        .to_string();
+    coalition_server(&[
+        "admin",
+        "--data",
+        &data_arg,
+        "revoke",
+        "--device",
+        &lost_device,
+    ]);
+    let carrier = &devices["nmac"];
+    coalition_json(&carrier.store, &["import", file.to_str().expect("path")]);
+    let summary = must_sync(&carrier.store);
+    let refused = summary["stats"]["refused"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let reason = refused
+        .iter()
+        .find(|r| r[0] == lost_change.as_str())
+        .and_then(|r| r[1].as_str())
+        .unwrap_or_else(|| panic!("the revoked device's change was not refused: {summary:#}"));
+    assert!(
+        reason.starts_with("actor ")
+            && reason.ends_with(&format!(
+                "belongs to device {lost_device}, which was revoked"
+            )),
+        "{reason}"
+    );
+
     // Honest work still flows.
     let honest = &devices["nmac"];
     coalition_json(&honest.store, &["comment", "--text", "after the refusals"]);
@@ -463,7 +521,7 @@ fn refused_changes_are_quarantined_named_to_the_device_and_kept_aside() {
     let listed: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(
         listed.as_array().map(Vec::len),
-        Some(rows.len()),
+        Some(rows.len() + 1),
         "{listed:#}"
     );
     let observer = credential_of(&devices["observer"].store);
