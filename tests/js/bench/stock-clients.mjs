@@ -8,13 +8,14 @@
 // CONFIG: {"url": "ws://127.0.0.1:PORT/sync", "tokens": [..] | null, "docs": ["<id>", ..],
 //          "clients": N, "group": G, "rate": edits/s per client, "duration": s, "drain": s}
 // Client i uses docs[floor(i / group)] and tokens[i] (as `?token=`, the browser form).
-// Each edit puts `edits["j<i>:<seq>"] = performance.now()`; every client of the document that
-// sees the key arrive (a `change` event patch) records now - value: all clients share this
-// process's clock. Prints one JSON line with the results on stdout. Every wait is bounded.
+// Each edit adds a comment record `comments["j<i>:<seq>"]` (a JSON string, as the coalition's
+// apps write them, so that the relay's checks accept it) whose text is performance.now(); every
+// client of the document that sees the key arrive (a `change` event patch) records now - text:
+// all clients share this process's clock. Prints one JSON line with the results on stdout. Every wait is bounded.
 
 import fs from "node:fs"
 import { performance } from "node:perf_hooks"
-import { Repo } from "@automerge/automerge-repo"
+import { Repo, ImmutableString } from "@automerge/automerge-repo"
 import { WebSocketClientAdapter } from "@automerge/automerge-repo-network-websocket"
 
 const config = JSON.parse(fs.readFileSync(process.argv[2], "utf8"))
@@ -63,12 +64,19 @@ async function startClient(i) {
   handle.on("change", ({ patches }) => {
     const now = performance.now()
     for (const p of patches) {
-      if (p.action !== "put" || p.path.length !== 2 || p.path[0] !== "edits") continue
+      if (p.action !== "put" || p.path.length !== 2 || p.path[0] !== "comments") continue
       const key = String(p.path[1])
       if (!key.startsWith("j") || key.startsWith(mine)) continue
-      if (typeof p.value !== "number") continue
+      const text = typeof p.value === "string" ? p.value : p.value?.val
+      let sentAt
+      try {
+        sentAt = Number(JSON.parse(text).text)
+      } catch {
+        continue
+      }
+      if (!Number.isFinite(sentAt)) continue
       delivered++
-      latencies.push(now - p.value)
+      latencies.push(now - sentAt)
     }
   })
   clients.push({ i, repo, handle, groupSize, seq: 0 })
@@ -92,7 +100,16 @@ for (const c of clients) {
     if (!editing) return
     c.seq++
     const key = `j${c.i}:${c.seq}`
-    c.handle.change(d => { d.edits[key] = performance.now() })
+    const comment = {
+      id: key,
+      kind: "comment",
+      about: null,
+      text: String(performance.now()),
+      org: "MCA",
+      user: `stock${c.i}`,
+      at: Math.floor(Date.now() / 1000),
+    }
+    c.handle.change(d => { d.comments[key] = new ImmutableString(JSON.stringify(comment)) })
     sent++
     expected += c.groupSize - 1
   }
