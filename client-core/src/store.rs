@@ -155,6 +155,22 @@ struct Pending {
     heads: Vec<ChangeHash>,
 }
 
+/// A batch of writes encoded by [`Store::prepare_batch`], owning its bytes, for
+/// [`Store::write_batches`].
+pub struct PreparedBatch {
+    docs: Vec<Pending>,
+    states: Vec<(DocumentId, String, Vec<u8>)>,
+    held: Vec<NewHeld>,
+    usage: Vec<Usage>,
+}
+
+impl PreparedBatch {
+    /// How many documents it saves.
+    pub fn documents(&self) -> usize {
+        self.docs.len()
+    }
+}
+
 /// A coalition as the store lists it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct StoredCoalition {
@@ -407,7 +423,30 @@ impl Store {
         held: &[NewHeld],
         usage: &[Usage],
     ) -> Result<(), StoreError> {
-        let mut pending: Vec<Pending> = Vec::with_capacity(records.len());
+        let states = states
+            .iter()
+            .map(|(doc, peer, state)| (*doc, peer.to_string(), state.to_vec()))
+            .collect();
+        let batch = self.prepare_batch(records, states, held.to_vec(), usage.to_vec());
+        let chunks = self.write_batches(&[&batch])?;
+        self.own_writes(&chunks);
+        self.assume_saved(&batch);
+        Ok(())
+    }
+
+    /// Encode what [`Store::save_batch`] would write, without writing it: for each document the
+    /// changes after the heads this store last saved (or assumed saved, see
+    /// [`Store::assume_saved`]), or the whole document if it has not seen it. The result owns
+    /// its bytes, so that another connection on another thread can write it
+    /// ([`Store::write_batches`]) while this one goes on.
+    pub fn prepare_batch(
+        &mut self,
+        records: Vec<DocRecord<'_>>,
+        states: Vec<(DocumentId, String, Vec<u8>)>,
+        held: Vec<NewHeld>,
+        usage: Vec<Usage>,
+    ) -> PreparedBatch {
+        let mut docs: Vec<Pending> = Vec::with_capacity(records.len());
         for r in records {
             // A document this store has not seen is written whole; the chunks already in the
             // database for it (if any) stay, and loading merges both.
@@ -415,7 +454,7 @@ impl Store {
                 Some(heads) => r.doc.save_after(heads),
                 None => r.doc.save(),
             };
-            pending.push(Pending {
+            docs.push(Pending {
                 id: r.id,
                 coalition: r.coalition.to_string(),
                 kind: r.kind.as_str(),
@@ -424,11 +463,36 @@ impl Store {
                 heads: r.doc.get_heads(),
             });
         }
-        self.write_chunks(&pending, states, held, usage)?;
-        for p in pending {
-            self.saved_heads.insert(p.id, p.heads);
+        PreparedBatch {
+            docs,
+            states,
+            held,
+            usage,
         }
-        Ok(())
+    }
+
+    /// Take the documents of `batch` as saved up to its heads: the next
+    /// [`Store::prepare_batch`] encodes only what came after. A relay that writes batches on
+    /// another thread calls this as soon as it hands one over; if that write fails it must
+    /// [`Store::forget`] the batch's documents (and fail every batch prepared after it).
+    pub fn assume_saved(&mut self, batch: &PreparedBatch) {
+        for p in &batch.docs {
+            self.saved_heads.insert(p.id, p.heads.clone());
+        }
+    }
+
+    /// Chunks written through another connection to this database (see
+    /// [`Store::write_batches`]), so that [`Store::external_writes`] does not report them.
+    pub fn own_writes(&mut self, chunks: &[i64]) {
+        self.own_chunks
+            .extend(chunks.iter().copied().filter(|c| *c > self.seen_chunk));
+    }
+
+    /// A second connection to the same database, for a thread that writes what this one
+    /// prepares.
+    pub fn reopen(&self) -> Result<Store, StoreError> {
+        let dir = self.path.parent().unwrap_or_else(|| Path::new("."));
+        Store::open(dir)
     }
 
     /// Load one document, with what the store knows of it.
@@ -540,13 +604,9 @@ impl Store {
         self.save(coalition, &ids)
     }
 
-    fn write_chunks(
-        &mut self,
-        pending: &[Pending],
-        states: &[(DocumentId, &str, &[u8])],
-        held: &[NewHeld],
-        usage: &[Usage],
-    ) -> Result<(), StoreError> {
+    /// Write prepared batches in one transaction (one fsync however many there are), in
+    /// order. Returns the ids of the chunks written; on error nothing is written.
+    pub fn write_batches(&mut self, batches: &[&PreparedBatch]) -> Result<Vec<i64>, StoreError> {
         let now = chrono::Utc::now().timestamp();
         let path = self.path.clone();
         let sql = |source| StoreError::Sqlite {
@@ -558,44 +618,45 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql)?;
         let mut written = Vec::new();
-        for p in pending {
-            let id = p.id.to_string();
-            tx.execute(
-                "INSERT INTO documents (doc_id, coalition_id, kind, owner, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (doc_id) DO UPDATE SET updated_at = excluded.updated_at",
-                params![id, p.coalition, p.kind, p.owner, now],
-            )
-            .map_err(sql)?;
-            if !p.data.is_empty() {
-                tx.execute(
-                    "INSERT INTO chunks (doc_id, snapshot, data) VALUES (?1, 0, ?2)",
-                    params![id, p.data],
+        for batch in batches {
+            for p in &batch.docs {
+                let id = p.id.to_string();
+                tx.prepare_cached(
+                    "INSERT INTO documents (doc_id, coalition_id, kind, owner, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (doc_id) DO UPDATE SET updated_at = excluded.updated_at",
                 )
+                .and_then(|mut stmt| stmt.execute(params![id, p.coalition, p.kind, p.owner, now]))
                 .map_err(sql)?;
-                written.push(tx.last_insert_rowid());
+                if !p.data.is_empty() {
+                    tx.prepare_cached(
+                        "INSERT INTO chunks (doc_id, snapshot, data) VALUES (?1, 0, ?2)",
+                    )
+                    .and_then(|mut stmt| stmt.execute(params![id, p.data]))
+                    .map_err(sql)?;
+                    written.push(tx.last_insert_rowid());
+                }
+            }
+            for (doc, peer, state) in &batch.states {
+                tx.prepare_cached(
+                    "INSERT INTO sync_states (doc_id, peer, state) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (doc_id, peer) DO UPDATE SET state = excluded.state",
+                )
+                .and_then(|mut stmt| stmt.execute(params![doc.to_string(), peer, state]))
+                .map_err(sql)?;
+            }
+            held::insert(&tx, &batch.held).map_err(sql)?;
+            for u in &batch.usage {
+                tx.prepare_cached(
+                    "INSERT INTO usage (person, documents, bytes) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (person) DO UPDATE SET documents = documents + excluded.documents,
+                                                        bytes = bytes + excluded.bytes",
+                )
+                .and_then(|mut stmt| stmt.execute(params![u.person, u.documents, u.bytes]))
+                .map_err(sql)?;
             }
         }
-        for (doc, peer, state) in states {
-            tx.execute(
-                "INSERT INTO sync_states (doc_id, peer, state) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (doc_id, peer) DO UPDATE SET state = excluded.state",
-                params![doc.to_string(), peer, state],
-            )
-            .map_err(sql)?;
-        }
-        held::insert(&tx, held).map_err(sql)?;
-        for u in usage {
-            tx.execute(
-                "INSERT INTO usage (person, documents, bytes) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (person) DO UPDATE SET documents = documents + excluded.documents,
-                                                    bytes = bytes + excluded.bytes",
-                params![u.person, u.documents, u.bytes],
-            )
-            .map_err(sql)?;
-        }
         tx.commit().map_err(sql)?;
-        self.own_chunks.extend(written);
-        Ok(())
+        Ok(written)
     }
 
     /// Replace a document's stored bytes with `record`'s whole document, forget every peer's

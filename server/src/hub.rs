@@ -9,10 +9,18 @@
 //!
 //! The hub works in batches: it takes every event already waiting (up to [`MAX_BATCH`]),
 //! feeds them to the engine, and holds back every frame the engine wants to send. At the end
-//! of the batch it saves every document that changed in **one** transaction, and only once
-//! that returned sends the frames. So nothing that reflects a change (an acknowledgement, a
-//! forward to another peer) leaves the relay before the change is durable, and under load
-//! many peers' changes share one fsync.
+//! of the batch it encodes what changed (each document's new changes, the peers' sync
+//! states, refused changes, quota counts) and hands that to the store writer, a thread with
+//! its own SQLite connection ([`writer`]), then goes on with the next events while the writer
+//! commits. A batch's frames are sent once its transaction returned, and never before an
+//! earlier batch's: a later batch's frames may carry changes an earlier one saves. So nothing
+//! that reflects a change (an acknowledgement, a forward to another peer) leaves the relay
+//! before the change is durable, the hub never waits for an fsync, and under load the writer
+//! puts every batch queued behind the one it was writing into one transaction. A document
+//! with writes in flight is never unloaded. If a write fails, that batch and every later
+//! batch prepared before the hub saw the failure are given up: their frames about those
+//! documents are dropped, the documents unloaded (they reload from storage), and the
+//! connections involved closed, so that their devices send the changes again.
 //!
 //! # Access
 //!
@@ -31,7 +39,7 @@
 //! persisted already). Documents that live connections sync are never unloaded, since the
 //! engine would stop forwarding changes of them; the bound may be exceeded while they are.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -62,8 +70,14 @@ use crate::limits::{ConnLimits, LimitHit, Limits};
 use crate::metrics::Metrics;
 use crate::screen::{self, Pending};
 
+mod writer;
+use writer::{Done, Job, Writer};
+
 /// At most this many events are handled between two saves.
 pub const MAX_BATCH: usize = 256;
+
+/// While handling a batch, the hub looks for finished writes every this many events.
+const RELEASE_EVERY: usize = 16;
 
 /// Frames that may wait for one slow connection before the hub drops it.
 pub const OUTBOX_CAPACITY: usize = 1024;
@@ -159,6 +173,8 @@ pub enum Event {
         /// Answered after the save.
         reply: oneshot::Sender<Result<Vec<i64>, AppError>>,
     },
+    /// The store writer finished a batch (sent by the hub's own writer thread).
+    Saved,
     /// Close every connection, flush, close the store, then answer.
     Shutdown {
         /// Answered once the store is closed.
@@ -382,6 +398,30 @@ struct Accepted {
     reply: oneshot::Sender<Result<Vec<i64>, AppError>>,
 }
 
+/// A batch whose writes were handed to the store writer: what it releases once they are
+/// durable (and every batch before it has been released).
+struct Unsent {
+    /// The writer's job number; `None` when the batch wrote nothing.
+    seq: Option<u64>,
+    /// The epoch it was prepared in (see [`writer`]).
+    epoch: u64,
+    /// `Some` once known: saved (or nothing to save), or why not.
+    result: Option<Result<(), String>>,
+    /// Frames and closes, in order, with the document each frame is about.
+    out: Vec<(ConnId, Option<DocumentId>, Outgoing)>,
+    /// Documents it saves.
+    changed: BTreeSet<DocumentId>,
+    /// Documents whose unsaved changes its frames may carry, when an earlier batch of its
+    /// epoch failed to save them.
+    lost: BTreeSet<DocumentId>,
+    /// How many documents it saves, for the metrics.
+    documents: u64,
+    /// Connections whose frames it handled.
+    sources: BTreeSet<ConnId>,
+    replies: Vec<(oneshot::Sender<Result<String, AppError>>, String)>,
+    accepted: Vec<Accepted>,
+}
+
 /// How the hub is set up.
 pub struct HubConfig {
     /// The engine's identity and limits.
@@ -417,6 +457,16 @@ pub struct Hub {
     /// device's revocation and opened just after is closed too.
     revoked: HashSet<String>,
     feed: Option<FeedSender>,
+    /// Commits batches on its own thread (see [`writer`]).
+    writer: Writer,
+    /// Batches handed to the writer and not released yet, oldest first.
+    unsent: VecDeque<Unsent>,
+    /// The writer's next job number.
+    next_seq: u64,
+    /// Bumped when a write failed and the batches behind it were given up.
+    epoch: u64,
+    /// Documents with writes not yet durable, and how many batches hold some: never unloaded.
+    saving: HashMap<DocumentId, usize>,
 }
 
 /// Start the hub on its own thread. `authors` tells who made each incoming change (see
@@ -428,6 +478,10 @@ pub fn spawn(
     authors: Option<Authors>,
 ) -> std::io::Result<(HubHandle, std::thread::JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+    let writer_store = store
+        .reopen()
+        .map_err(|e| std::io::Error::other(anyhow::Error::new(e)))?;
+    let writer = Writer::spawn(writer_store, tx.downgrade())?;
     let hub = Hub {
         engine: SyncEngine::new(config.engine),
         docs: Docs {
@@ -448,6 +502,11 @@ pub fn spawn(
         usage: HashMap::new(),
         revoked: HashSet::new(),
         feed: config.feed,
+        writer,
+        unsent: VecDeque::new(),
+        next_seq: 0,
+        epoch: 0,
+        saving: HashMap::new(),
     };
     let thread = std::thread::Builder::new()
         .name("coalition-sync-hub".into())
@@ -469,6 +528,11 @@ impl Hub {
                 }
                 self.handle(event, &mut batch);
                 handled += 1;
+                if handled % RELEASE_EVERY == 0 {
+                    // Earlier batches' frames go as soon as they are durable, not when this
+                    // batch is done.
+                    self.release();
+                }
                 if handled < MAX_BATCH {
                     next = rx.try_recv().ok();
                 }
@@ -476,11 +540,13 @@ impl Hub {
             self.commit(batch);
             self.evict();
             if let Some(done) = shutdown {
+                self.flush();
                 if let Some(feed) = &self.feed {
                     let _ = feed.send(Feed::Closing);
                 }
                 self.close_all();
                 rx.close();
+                self.writer.stop();
                 let Hub { docs, .. } = self;
                 if let Err(error) = docs.store.close() {
                     tracing::error!(%error, "closing the document store");
@@ -592,7 +658,7 @@ impl Hub {
                 by,
                 reply,
             } => self.decide_quarantined(coalition, id, decision, by, reply, batch),
-            Event::Shutdown { .. } => {}
+            Event::Saved | Event::Shutdown { .. } => {}
         }
     }
 
@@ -1501,23 +1567,32 @@ impl Hub {
             .push((conn, None, Outgoing::Frame(message.encode())));
     }
 
-    /// Save what changed and the peers' sync states (one transaction), then send what was
-    /// held back.
+    /// Hand what the batch changed and the peers' sync states to the store writer (one
+    /// transaction, see [`writer`]), and queue what the batch holds back until they are
+    /// durable.
     fn commit(&mut self, mut batch: Batch) {
-        let replies = std::mem::take(&mut batch.replies);
-        let mut batch_accepted = std::mem::take(&mut batch.accepted);
         let manifests = std::mem::take(&mut batch.manifests);
         if !manifests.is_empty() {
             self.recheck_members(&manifests, &mut batch);
         }
-        let mut saved = true;
         let usage: Vec<Usage> = std::mem::take(&mut batch.usage).into_values().collect();
-        if !batch.changed.is_empty()
+        let mut unsent = Unsent {
+            seq: None,
+            epoch: self.epoch,
+            result: Some(Ok(())),
+            out: std::mem::take(&mut batch.out),
+            changed: std::mem::take(&mut batch.changed),
+            lost: BTreeSet::new(),
+            documents: 0,
+            sources: std::mem::take(&mut batch.sources),
+            replies: std::mem::take(&mut batch.replies),
+            accepted: std::mem::take(&mut batch.accepted),
+        };
+        if !unsent.changed.is_empty()
             || !batch.sync_states.is_empty()
             || !batch.held.is_empty()
             || !usage.is_empty()
         {
-            let started = Instant::now();
             let Docs {
                 store,
                 loaded,
@@ -1526,7 +1601,7 @@ impl Hub {
             } = &mut self.docs;
             let records: Vec<DocRecord<'_>> = loaded
                 .iter_mut()
-                .filter(|(id, _)| batch.changed.contains(id))
+                .filter(|(id, _)| unsent.changed.contains(id))
                 .filter_map(|(id, l)| {
                     let m = meta.get(id)?;
                     Some(DocRecord {
@@ -1538,45 +1613,150 @@ impl Hub {
                     })
                 })
                 .collect();
-            let count = records.len() as u64;
-            let states: Vec<(DocumentId, &str, &[u8])> = batch
+            let states = batch
                 .sync_states
-                .iter()
-                .map(|((doc_id, peer), bytes)| (*doc_id, peer.as_str(), bytes.as_slice()))
+                .into_iter()
+                .map(|((doc_id, peer), bytes)| (doc_id, peer, bytes))
                 .collect();
-            match store.save_batch(records, &states, &batch.held, &usage) {
-                Ok(()) => {
-                    self.metrics.observe_write(started.elapsed());
-                    self.metrics
-                        .documents_saved
-                        .fetch_add(count, Ordering::Relaxed);
-                }
-                Err(error) => {
-                    tracing::error!(%error, "saving documents failed; nothing that reflects them is sent");
-                    saved = false;
+            let prepared = store.prepare_batch(records, states, batch.held, usage);
+            // The next batch writes only what comes after this one; if this one fails, the
+            // documents are forgotten (see `finish`).
+            store.assume_saved(&prepared);
+            unsent.documents = prepared.documents() as u64;
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            unsent.seq = Some(seq);
+            unsent.result = None;
+            let job = Job {
+                seq,
+                epoch: self.epoch,
+                batch: prepared,
+            };
+            if self.writer.send(job).is_err() {
+                unsent.result = Some(Err("the store writer has stopped".into()));
+            }
+            for id in &unsent.changed {
+                *self.saving.entry(*id).or_default() += 1;
+            }
+        }
+        self.unsent.push_back(unsent);
+        self.release();
+    }
+
+    /// Take the writer's results, and send what every batch that is durable (and every batch
+    /// before it) held back.
+    fn release(&mut self) {
+        loop {
+            match self.writer.done.try_recv() {
+                Ok(done) => self.on_done(done),
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    self.writer_gone();
+                    break;
                 }
             }
         }
+        while self.unsent.front().is_some_and(|u| u.result.is_some()) {
+            if let Some(unsent) = self.unsent.pop_front() {
+                self.finish(unsent);
+            }
+        }
+    }
+
+    /// Wait until every batch handed to the writer is durable (or failed), and release them.
+    fn flush(&mut self) {
+        self.release();
+        while !self.unsent.is_empty() {
+            match self.writer.done.recv() {
+                Ok(done) => self.on_done(done),
+                Err(_) => self.writer_gone(),
+            }
+            self.release();
+        }
+    }
+
+    /// The writer thread ended (it only does when the hub stops it, or by a bug): what it had
+    /// not answered was not written.
+    fn writer_gone(&mut self) {
+        for u in self.unsent.iter_mut().filter(|u| u.result.is_none()) {
+            u.result = Some(Err("the store writer has stopped".into()));
+        }
+    }
+
+    fn on_done(&mut self, done: Done) {
+        let Some(unsent) = self.unsent.iter_mut().find(|u| u.seq == Some(done.seq)) else {
+            return; // already given up with an earlier failure
+        };
+        match done.result {
+            Ok(chunks) => {
+                self.metrics.observe_write(done.took);
+                self.metrics
+                    .documents_saved
+                    .fetch_add(unsent.documents, Ordering::Relaxed);
+                self.docs.store.own_writes(&chunks);
+                unsent.result = Some(Ok(()));
+            }
+            Err(error) => unsent.result = Some(Err(error)),
+        }
+    }
+
+    /// Send what a batch held back, or, if its writes failed, drop what reflects them.
+    fn finish(&mut self, unsent: Unsent) {
+        let Unsent {
+            epoch,
+            result,
+            mut out,
+            changed,
+            lost,
+            sources,
+            replies,
+            accepted,
+            ..
+        } = unsent;
+        for id in &changed {
+            if let Some(n) = self.saving.get_mut(id) {
+                *n -= 1;
+                if *n == 0 {
+                    self.saving.remove(id);
+                }
+            }
+        }
+        let saved = match result {
+            Some(Ok(())) => true,
+            Some(Err(error)) => {
+                tracing::error!(%error, "saving documents failed; nothing that reflects them is sent");
+                if epoch == self.epoch {
+                    // Every later batch of this epoch builds on this one: give them up too
+                    // (the writer does not write them), and start afresh.
+                    self.epoch += 1;
+                    for u in self.unsent.iter_mut().filter(|u| u.epoch == epoch) {
+                        u.result = Some(Err("a batch before it failed to be saved".into()));
+                        u.lost.extend(changed.iter().copied());
+                    }
+                }
+                false
+            }
+            None => false,
+        };
         if !saved {
             // What this batch counted against quotas was not stored either.
             self.usage.clear();
             // The changes are only in memory: forget them (peers still have them and will
             // send them again), and drop every frame about them. Connections that lose frames
             // are closed, so that they resync from a clean state when they come back.
-            let changed = std::mem::take(&mut batch.changed);
             for id in &changed {
                 self.engine.forget_doc(*id);
                 self.docs.unload(id);
             }
             let mut cut = BTreeSet::new();
-            batch.out.retain(|(conn, doc, _)| {
-                let keep = !doc.is_some_and(|d| changed.contains(&d));
+            out.retain(|(conn, doc, _)| {
+                let keep = !doc.is_some_and(|d| changed.contains(&d) || lost.contains(&d));
                 if !keep {
                     cut.insert(*conn);
                 }
                 keep
             });
-            cut.extend(batch.sources.iter().copied());
+            cut.extend(sources.iter().copied());
             let mut tail = Batch::default();
             for conn in cut {
                 self.close(
@@ -1586,11 +1766,10 @@ impl Hub {
                     &mut tail,
                 );
             }
-            batch.out.extend(tail.out);
+            out.extend(tail.out);
         }
         if let (true, Some(feed)) = (saved, &self.feed) {
-            let coalitions: BTreeSet<DocumentId> = batch
-                .changed
+            let coalitions: BTreeSet<DocumentId> = changed
                 .iter()
                 .filter_map(|id| self.docs.meta.get(id).map(|m| m.coalition))
                 .collect();
@@ -1599,9 +1778,9 @@ impl Hub {
                 let _ = feed.send(Feed::Changed { coalition });
             }
         }
-        self.dispatch(batch.out);
+        self.dispatch(out);
         let now = chrono::Utc::now().timestamp();
-        for Accepted { ids, by, reply } in std::mem::take(&mut batch_accepted) {
+        for Accepted { ids, by, reply } in accepted {
             let answer = if !saved {
                 Err(AppError::internal(anyhow::anyhow!(
                     "saving the accepted change failed"
@@ -1685,7 +1864,11 @@ impl Hub {
             .docs
             .loaded
             .iter()
-            .filter(|(id, _)| !busy.contains(id) && !self.docs.provisional.contains_key(id))
+            .filter(|(id, _)| {
+                !busy.contains(id)
+                    && !self.docs.provisional.contains_key(id)
+                    && !self.saving.contains_key(id)
+            })
             .map(|(id, l)| (l.last_use, *id))
             .collect();
         idle.sort_unstable();
