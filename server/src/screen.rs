@@ -22,7 +22,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use automerge::sync::{ChunkList, Message as SyncData};
 use automerge::{ActorId, AutoCommit, Change, ChangeHash};
-use coalition_core::check::{check_changes, Author, Refusal, Refused};
+use coalition_core::check::{check_changes, has_change, Author, Refusal, Refused};
 use coalition_core::model::DocKind;
 
 /// Changes waiting for their dependencies, per document, at most.
@@ -54,7 +54,7 @@ impl Pending {
             if !seen.insert(h) {
                 continue;
             }
-            if doc.get_change_by_hash(&h).is_some() {
+            if has_change(doc, &h) {
                 out.insert(h);
             } else if let Some(deps) = self.refused.get(&h) {
                 stack.extend(deps.iter().copied());
@@ -133,7 +133,7 @@ pub fn screen(
     let mut seen = BTreeSet::new();
     changes.retain(|c| {
         let h = c.hash();
-        seen.insert(h) && !pending.refused.contains_key(&h) && doc.get_change_by_hash(&h).is_none()
+        seen.insert(h) && !pending.refused.contains_key(&h) && !has_change(doc, &h)
     });
     let checked = if changes.is_empty() {
         Default::default()
