@@ -11,7 +11,7 @@
 //! feeds them to the engine, and holds back every frame the engine wants to send. At the end
 //! of the batch it encodes what changed (each document's new changes, the peers' sync
 //! states, refused changes, quota counts) and hands that to the store writer, a thread with
-//! its own SQLite connection ([`writer`]), then goes on with the next events while the writer
+//! its own SQLite connection (`writer`), then goes on with the next events while the writer
 //! commits. A batch's frames are sent once its transaction returned, and never before an
 //! earlier batch's: a later batch's frames may carry changes an earlier one saves. So nothing
 //! that reflects a change (an acknowledgement, a forward to another peer) leaves the relay

@@ -77,7 +77,7 @@ pub mod keys {
     pub const QUIC_PORT: &str = "quic_port";
     /// The pin of the relay's QUIC certificate key, from the invite.
     pub const QUIC_PIN: &str = "quic_pin";
-    /// JSON map of document id to its last sync and last error (see [`super::status`]).
+    /// JSON map of document id to its last sync and last error (see [`mod@super::status`]).
     pub const DOC_SYNC: &str = "sync_documents";
 }
 

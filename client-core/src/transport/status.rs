@@ -9,7 +9,7 @@
 //! Per document it also shows how many changes (and bytes) wait, when the document was last
 //! in sync with the relay, and the last error that left it behind (a dropped link, a budget
 //! reached, a document the relay would not give). The sync loop keeps those in one setting
-//! ([`keys::DOC_SYNC`], a JSON map) through [`DocBook`], written from a second store handle so
+//! ([`keys::DOC_SYNC`], a JSON map) through `DocBook`, written from a second store handle so
 //! a long `--watch` updates them at every quiet moment.
 
 use std::collections::{BTreeMap, BTreeSet};

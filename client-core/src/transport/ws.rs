@@ -23,7 +23,7 @@
 //!   `shutdown` future completes or the credential is refused.
 //!
 //! After every sync, per-document results go to the store for `coalition status` (see
-//! [`super::status`]): when each document was last in sync with the relay, and the last error
+//! [`mod@super::status`]): when each document was last in sync with the relay, and the last error
 //! that left it behind.
 //!
 //! Every network wait is bounded: connecting by [`SyncOptions::connect_timeout`], sending by
