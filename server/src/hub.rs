@@ -66,7 +66,7 @@ use crate::auth::DeviceAuth;
 use crate::authors::Authors;
 use crate::error::AppError;
 use crate::events::{Feed, FeedSender};
-use crate::limits::{ConnLimits, LimitHit, Limits};
+use crate::limits::{ConnLimits, DeviceRefusals, LimitHit, Limits};
 use crate::metrics::Metrics;
 use crate::screen::{self, Pending};
 
@@ -450,6 +450,8 @@ pub struct Hub {
     /// The roles of each coalition's member organisations, read from its manifest.
     members: HashMap<DocumentId, HashMap<String, Vec<Role>>>,
     limits: Limits,
+    /// Each device's refused changes, across its connections.
+    refusals: DeviceRefusals,
     /// What the store holds from each person seen: (documents created, bytes), including
     /// this batch's.
     usage: HashMap<String, (i64, i64)>,
@@ -499,6 +501,7 @@ pub fn spawn(
         pending: HashMap::new(),
         members: HashMap::new(),
         limits: config.limits,
+        refusals: DeviceRefusals::default(),
         usage: HashMap::new(),
         revoked: HashSet::new(),
         feed: config.feed,
@@ -572,6 +575,18 @@ impl Hub {
                     let _ = outbox.try_send(Outgoing::Close {
                         code: CLOSE_POLICY,
                         reason: "device revoked".into(),
+                    });
+                    return;
+                }
+                if !self
+                    .refusals
+                    .may_connect(&self.limits, &device.device_id, Instant::now())
+                {
+                    // Its refusals bucket is empty: it waits for the refill.
+                    self.metrics.limits_hit.fetch_add(1, Ordering::Relaxed);
+                    let _ = outbox.try_send(Outgoing::Close {
+                        code: CLOSE_POLICY,
+                        reason: "too many refused changes; retry later".into(),
                     });
                     return;
                 }
@@ -1028,7 +1043,28 @@ impl Hub {
             .changes_accepted
             .fetch_add(screened.accepted as u64, Ordering::Relaxed);
         if !screened.refused.is_empty() {
-            let count = screened.refused.len();
+            // Refused changes are kept, so they count toward what the relay stores from the
+            // sender, and toward the device's refusals: neither the quarantine nor the work of
+            // checking can grow without bound.
+            let bytes: usize = screened
+                .refused
+                .iter()
+                .map(|r| r.change.raw_bytes().len())
+                .sum();
+            let charged = self
+                .refusals
+                .charge(
+                    &self.limits,
+                    &device.device_id,
+                    screened.refused.len(),
+                    Instant::now(),
+                )
+                .and_then(|()| self.charge(&person_of(&device), 0, bytes as i64, batch));
+            if let Err(hit) = charged {
+                self.pending.remove(&doc_id);
+                self.limit_hit(conn, hit, batch);
+                return None;
+            }
             self.quarantine(
                 conn,
                 doc_id,
@@ -1037,15 +1073,6 @@ impl Hub {
                 screened.refused,
                 batch,
             );
-            let max = self.limits.max_refused_per_connection;
-            let total = self.conns.get_mut(&conn).map(|c| {
-                c.limits.refused += count;
-                c.limits.refused
-            });
-            if let Some(total) = total.filter(|t| *t > max) {
-                self.limit_hit(conn, LimitHit::Refusals { count: total }, batch);
-                return None;
-            }
         }
         Some(match screened.rewritten {
             Some(data) => SyncMessage { data, ..message },

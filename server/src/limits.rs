@@ -7,8 +7,12 @@
 //!   is told so and disconnected, and reconnects later with its data intact.
 //! - **Quota per person**: documents a person may create and bytes of changes the relay
 //!   stores from them. Kept in the store (`usage`), so a restart does not reset them.
-//! - **Refusals per connection**: a peer that keeps sending changes the relay refuses would
-//!   fill the quarantine; after [`Limits::max_refused_per_connection`] it is disconnected.
+//! - **Refusals per device**: a peer that keeps sending changes the relay refuses would fill
+//!   the quarantine and keep the hub busy checking them. Each device has a bucket of refusals
+//!   ([`Limits::refusal_burst`], refilled at [`Limits::refusals_per_second`]) that reconnecting
+//!   does not reset; when it is empty the connection is closed and new ones are refused until
+//!   it refills. The bytes of refused changes also count toward the person's byte quota, so
+//!   the quarantine cannot grow without bound.
 
 use std::time::Instant;
 
@@ -29,8 +33,10 @@ pub struct Limits {
     pub max_documents_per_person: i64,
     /// Bytes of changes the relay stores from one person.
     pub max_bytes_per_person: i64,
-    /// Changes refused on one connection before it is closed.
-    pub max_refused_per_connection: usize,
+    /// Refused changes a device may send at once (see the module documentation).
+    pub refusal_burst: f64,
+    /// Refused changes per second a device may keep up.
+    pub refusals_per_second: f64,
 }
 
 impl Default for Limits {
@@ -43,7 +49,8 @@ impl Default for Limits {
             byte_burst: 128.0 * 1024.0 * 1024.0,
             max_documents_per_person: 1000,
             max_bytes_per_person: 2 * 1024 * 1024 * 1024,
-            max_refused_per_connection: 1000,
+            refusal_burst: 1000.0,
+            refusals_per_second: 1.0,
         }
     }
 }
@@ -83,7 +90,7 @@ impl Bucket {
 }
 
 /// Why a connection hit a limit: the text of the `error` sent before closing.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum LimitHit {
     /// A message over the size limit.
@@ -126,11 +133,13 @@ pub enum LimitHit {
         /// The limit.
         max: i64,
     },
-    /// Too many refused changes on one connection.
-    #[error("too_many_refusals: {count} changes refused on this connection; it is closed")]
+    /// Too many refused changes from one device.
+    #[error("too_many_refusals: this device sent more changes the relay refuses than it allows ({burst} at once, then {rate} per second); retry later")]
     Refusals {
-        /// How many.
-        count: usize,
+        /// The burst allowed.
+        burst: u64,
+        /// The sustained rate allowed.
+        rate: f64,
     },
 }
 
@@ -154,13 +163,11 @@ impl LimitHit {
     }
 }
 
-/// One connection's buckets and refusal count.
+/// One connection's buckets.
 #[derive(Debug, Clone)]
 pub struct ConnLimits {
     messages: Bucket,
     bytes: Bucket,
-    /// Changes refused on this connection so far.
-    pub refused: usize,
 }
 
 impl ConnLimits {
@@ -169,7 +176,6 @@ impl ConnLimits {
         ConnLimits {
             messages: Bucket::new(limits.messages_per_second, limits.message_burst, now),
             bytes: Bucket::new(limits.bytes_per_second, limits.byte_burst, now),
-            refused: 0,
         }
     }
 
@@ -195,6 +201,48 @@ impl ConnLimits {
     }
 }
 
+/// Each device's bucket of refused changes, kept across its connections.
+#[derive(Debug, Default)]
+pub struct DeviceRefusals {
+    buckets: std::collections::HashMap<String, Bucket>,
+}
+
+impl DeviceRefusals {
+    fn bucket(&mut self, limits: &Limits, device: &str, now: Instant) -> &mut Bucket {
+        self.buckets
+            .entry(device.to_string())
+            .or_insert_with(|| Bucket::new(limits.refusals_per_second, limits.refusal_burst, now))
+    }
+
+    /// Count `n` refused changes of `device`; the limit it broke if its bucket ran out.
+    pub fn charge(
+        &mut self,
+        limits: &Limits,
+        device: &str,
+        n: usize,
+        now: Instant,
+    ) -> Result<(), LimitHit> {
+        let bucket = self.bucket(limits, device, now);
+        if bucket.take(n as f64, now) {
+            Ok(())
+        } else {
+            // Empty it: the device waits for the refill whatever it sends next.
+            let left = bucket.tokens;
+            bucket.take(left, now);
+            Err(LimitHit::Refusals {
+                burst: limits.refusal_burst as u64,
+                rate: limits.refusals_per_second,
+            })
+        }
+    }
+
+    /// Whether `device` may open a connection: its bucket holds at least one refusal.
+    pub fn may_connect(&mut self, limits: &Limits, device: &str, now: Instant) -> bool {
+        self.bucket(limits, device, now).take(0.0, now);
+        self.bucket(limits, device, now).tokens >= 1.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +264,32 @@ mod tests {
             assert!(b.take(1.0, later));
         }
         assert!(!b.take(1.0, later));
+    }
+
+    #[test]
+    fn refusals_are_counted_per_device_across_connections() {
+        let limits = Limits {
+            refusal_burst: 3.0,
+            refusals_per_second: 1.0,
+            ..Limits::default()
+        };
+        let t0 = Instant::now();
+        let mut r = DeviceRefusals::default();
+        assert!(r.charge(&limits, "tablet", 2, t0).is_ok());
+        assert!(r.may_connect(&limits, "tablet", t0));
+        assert_eq!(
+            r.charge(&limits, "tablet", 2, t0)
+                .map_err(|e| e.to_string()),
+            Err(
+                "too_many_refusals: this device sent more changes the relay refuses than it \
+                 allows (3 at once, then 1 per second); retry later"
+                    .into()
+            )
+        );
+        // A new connection does not start afresh; the refill does.
+        assert!(!r.may_connect(&limits, "tablet", t0));
+        assert!(r.may_connect(&limits, "other", t0));
+        assert!(r.may_connect(&limits, "tablet", t0 + Duration::from_secs(2)));
     }
 
     #[test]
