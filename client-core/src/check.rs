@@ -448,6 +448,19 @@ mod tests {
         m
     }
 
+    /// The registry as the checker asks it: an unknown actor is refused.
+    fn lookup_in(
+        reg: &HashMap<String, Author>,
+    ) -> impl FnMut(&ActorId) -> Result<Author, Refusal> + '_ {
+        |a: &ActorId| {
+            reg.get(&a.to_hex_string())
+                .cloned()
+                .ok_or_else(|| Refusal::UnknownAuthor {
+                    actor: a.to_hex_string(),
+                })
+        }
+    }
+
     fn doc_of(c: &Coalition, kind: DocKind, owner: Option<&str>) -> AutoCommit {
         c.find_doc(kind, owner).expect("document").doc.clone()
     }
@@ -466,13 +479,7 @@ mod tests {
         let reg = registry(f);
         let mut doc = doc_of(&f.c, kind, owner);
         let heads = doc.get_heads();
-        let out = check_changes(&mut doc, kind, owner, changes, &mut |a| {
-            reg.get(&a.to_hex_string())
-                .cloned()
-                .ok_or_else(|| Refusal::UnknownAuthor {
-                    actor: a.to_hex_string(),
-                })
-        });
+        let out = check_changes(&mut doc, kind, owner, changes, &mut lookup_in(&reg));
         assert_eq!(
             doc.get_heads(),
             heads,
@@ -676,13 +683,7 @@ mod tests {
         let mut created = doc_of(&f.c, DocKind::Operator, Some("HALO"));
         let changes = created.get_changes(&[]);
         let reg = registry(&f);
-        let mut lookup = |a: &ActorId| {
-            reg.get(&a.to_hex_string())
-                .cloned()
-                .ok_or_else(|| Refusal::UnknownAuthor {
-                    actor: a.to_hex_string(),
-                })
-        };
+        let mut lookup = lookup_in(&reg);
         let mut empty = AutoCommit::new();
         let out = check_changes(
             &mut empty,
@@ -712,13 +713,7 @@ mod tests {
     fn a_document_is_described_after_an_empty_first_change() {
         let f = fixture();
         let reg = registry(&f);
-        let mut lookup = |a: &ActorId| {
-            reg.get(&a.to_hex_string())
-                .cloned()
-                .ok_or_else(|| Refusal::UnknownAuthor {
-                    actor: a.to_hex_string(),
-                })
-        };
+        let mut lookup = lookup_in(&reg);
         let mut made = AutoCommit::new().with_actor(f.observer.actor_id());
         made.commit_with(
             CommitOptions::default()
@@ -769,13 +764,7 @@ mod tests {
     fn a_donor_may_not_create_an_operator_document() {
         let f = fixture();
         let reg = registry(&f);
-        let mut lookup = |a: &ActorId| {
-            reg.get(&a.to_hex_string())
-                .cloned()
-                .ok_or_else(|| Refusal::UnknownAuthor {
-                    actor: a.to_hex_string(),
-                })
-        };
+        let mut lookup = lookup_in(&reg);
         let mut made = AutoCommit::new().with_actor(f.donor.actor_id());
         made.put(ROOT, META_KIND, "operator").expect("put");
         made.put(ROOT, META_OWNER, f.donor.org.as_str())
