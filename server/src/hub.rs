@@ -1902,6 +1902,9 @@ impl Hub {
         for (_, id) in idle.into_iter().take(excess) {
             self.engine.forget_doc(id);
             self.docs.unload(&id);
+            // What the screen remembered of it (refused hashes, waiting changes) goes too: no
+            // connection syncs it, and a change sent again is judged again.
+            self.pending.remove(&id);
             self.metrics
                 .documents_evicted
                 .fetch_add(1, Ordering::Relaxed);
