@@ -1805,6 +1805,10 @@ impl Hub {
                 let _ = feed.send(Feed::Changed { coalition });
             }
         }
+        // Counted before the frames leave: a peer that has its documents sees them loaded.
+        self.metrics
+            .documents_loaded
+            .store(self.docs.loaded.len() as i64, Ordering::Relaxed);
         self.dispatch(out);
         let now = chrono::Utc::now().timestamp();
         for Accepted { ids, by, reply } in accepted {
@@ -1837,9 +1841,6 @@ impl Hub {
                 )))
             });
         }
-        self.metrics
-            .documents_loaded
-            .store(self.docs.loaded.len() as i64, Ordering::Relaxed);
     }
 
     fn dispatch(&mut self, out: Vec<(ConnId, Option<DocumentId>, Outgoing)>) {

@@ -220,6 +220,47 @@ impl Client {
             }
         }
     }
+
+    /// Handle frames until the relay's stored copy of `id` satisfies `stored`: a change reaches
+    /// the relay only through the sync rounds this client takes part in, so it must keep
+    /// reading until then.
+    async fn pump_until_stored(
+        &mut self,
+        served: &Served,
+        id: DocumentId,
+        stored: impl Fn(&AutoCommit) -> bool,
+    ) -> Result<()> {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if stored_doc(served, id)
+                .await?
+                .is_some_and(|doc| stored(&doc))
+            {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the relay never stored the expected state of {id}"
+            );
+            self.pump_for(Duration::from_millis(100)).await?;
+        }
+    }
+}
+
+/// A document as the relay stored it.
+async fn stored_doc(served: &Served, id: DocumentId) -> Result<Option<AutoCommit>> {
+    let path = served.relay.dir.path().to_path_buf();
+    within(tokio::task::spawn_blocking(move || -> Result<_> {
+        Ok(Store::open(&path)?.load_doc(&id)?.map(|stored| stored.doc))
+    }))
+    .await??
+}
+
+/// A section of a plan's narrative in `doc`.
+fn section_of(doc: &AutoCommit, key: &str) -> Option<String> {
+    let (_, narrative) = doc.get(ROOT, "narrative").ok()??;
+    let (value, _) = doc.get(&narrative, key).ok()??;
+    value.as_str().map(str::to_string)
 }
 
 /// The coalition's plan document, as stored.
@@ -238,36 +279,19 @@ async fn plan_of(served: &Served) -> Result<(DocumentId, AutoCommit)> {
 
 /// A section of a stored plan's narrative.
 async fn stored_section(served: &Served, id: DocumentId, key: &str) -> Result<Option<String>> {
-    let path = served.relay.dir.path().to_path_buf();
-    let key = key.to_string();
-    within(tokio::task::spawn_blocking(move || -> Result<_> {
-        let Some(stored) = Store::open(&path)?.load_doc(&id)? else {
-            return Ok(None);
-        };
-        let Some((_, narrative)) = stored.doc.get(ROOT, "narrative")? else {
-            return Ok(None);
-        };
-        Ok(stored
-            .doc
-            .get(&narrative, key.as_str())?
-            .and_then(|(v, _)| v.as_str().map(str::to_string)))
-    }))
-    .await??
+    Ok(stored_doc(served, id)
+        .await?
+        .and_then(|doc| section_of(&doc, key)))
 }
 
+/// A string at the root of a stored document.
 async fn stored_value(served: &Served, id: DocumentId, key: &str) -> Result<Option<String>> {
-    let path = served.relay.dir.path().to_path_buf();
-    let key = key.to_string();
-    within(tokio::task::spawn_blocking(move || -> Result<_> {
-        let Some(stored) = Store::open(&path)?.load_doc(&id)? else {
-            return Ok(None);
-        };
-        Ok(stored
-            .doc
-            .get(ROOT, key.as_str())?
-            .and_then(|(v, _)| v.as_str().map(str::to_string)))
-    }))
-    .await??
+    let Some(doc) = stored_doc(served, id).await? else {
+        return Ok(None);
+    };
+    Ok(doc
+        .get(ROOT, key)?
+        .and_then(|(v, _)| v.as_str().map(str::to_string)))
 }
 
 #[tokio::test]
@@ -282,7 +306,8 @@ async fn two_clients_sync_a_document_through_the_relay() -> Result<()> {
     a_plan.set_actor(automerge::ActorId::random());
     a.share(plan_id, a_plan).await?;
     a.edit(plan_id, "from_a", "hello").await?;
-    a.pump_for(Duration::from_millis(300)).await?;
+    a.pump_until_stored(&served, plan_id, |doc| section_of(doc, "from_a").is_some())
+        .await?;
 
     // B has nothing of the plan: it asks, and gets A's edit.
     let second = credential(&state, served.coalition, "MCA-BA", "coordinator").await?;
@@ -366,7 +391,10 @@ async fn documents_outside_the_devices_coalitions_are_unavailable() -> Result<()
     foreign.put(ROOT, "doc_coalition", other.to_string())?;
     foreign.commit_with(CommitOptions::default().with_time(1_700_000_300));
     a.share(foreign_id, foreign).await?;
-    a.pump_for(Duration::from_millis(500)).await?;
+    a.pump_until_stored(&served, new_id, |doc| {
+        doc.get(ROOT, "doc_owner").is_ok_and(|v| v.is_some())
+    })
+    .await?;
     assert_eq!(
         stored_value(&served, new_id, "doc_owner").await?.as_deref(),
         Some("MCA-BA")
@@ -471,7 +499,10 @@ async fn shutdown_closes_connections_and_keeps_what_was_acknowledged() -> Result
     doc.set_actor(automerge::ActorId::random());
     a.share(plan_id, doc).await?;
     a.edit(plan_id, "before_shutdown", "kept").await?;
-    a.pump_for(Duration::from_millis(300)).await?;
+    a.pump_until_stored(&served, plan_id, |doc| {
+        section_of(doc, "before_shutdown").is_some()
+    })
+    .await?;
     let addr = served.addr;
     let dir_path = served.relay.dir.path().to_path_buf();
     let Served {
@@ -599,7 +630,13 @@ async fn an_organisation_removed_from_the_coalition_is_disconnected_at_once() ->
         let actions = a.engine.local_change(manifest_id, &mut a.docs);
         a.perform(actions).await?;
     }
-    a.pump_for(Duration::from_millis(300)).await?;
+    a.pump_until_stored(&served, manifest_id, |doc| {
+        doc.get(ROOT, "members")
+            .ok()
+            .flatten()
+            .is_some_and(|(_, members)| doc.get(&members, "donor-DE").is_ok_and(|m| m.is_some()))
+    })
+    .await?;
 
     // The donor reads the coalition.
     let mut d = Client::connect(&served, &donor, "donor").await?;
