@@ -39,6 +39,7 @@ use automerge::sync::{self, SyncDoc};
 use automerge::AutoCommit;
 
 use super::docid::DocumentId;
+use super::forward;
 use super::message::{
     DecodeError, DocUnavailableMessage, EphemeralMessage, ErrorMessage, JoinMessage, Message,
     PeerId, PeerMessage, PeerMetadata, RefusedChange, StorageId, SyncMessage, PROTOCOL_V1,
@@ -316,6 +317,9 @@ struct PeerDoc {
     status: PeerDocStatus,
     /// The encoded state the owner last stored (or gave us), to hand out only changes.
     persisted: Option<Vec<u8>>,
+    /// Heads all of whose history the peer holds or was sent on this connection (see
+    /// [`forward`]): changes added on top of them can be passed on as they arrived.
+    caught_up: Option<Vec<automerge::ChangeHash>>,
 }
 
 enum Phase {
@@ -987,6 +991,7 @@ impl SyncEngine {
         }
         let more_to_come = is_piece(&decoded);
         let before = doc.get_heads();
+        let incoming = forward::Incoming::read(&decoded, doc);
         if let Err(source) = doc
             .sync()
             .receive_sync_message(&mut peer_doc.state, decoded)
@@ -999,6 +1004,15 @@ impl SyncEngine {
         }
         let after = doc.get_heads();
         let changed = after != before;
+        let arrived = incoming
+            .filter(|_| changed)
+            .and_then(|incoming| incoming.applied(doc));
+        peer_doc.caught_up = sender_caught_up(
+            &peer_doc.state,
+            peer_doc.caught_up.take(),
+            &after,
+            arrived.as_ref(),
+        );
         if changed {
             out.push(Action::DocumentChanged { doc_id });
         }
@@ -1035,6 +1049,11 @@ impl SyncEngine {
                 .map(|(other, _)| *other)
                 .collect();
             for other in others {
+                if let Some(arrived) = &arrived {
+                    if self.forward(other, doc_id, arrived, docs, out) {
+                        continue;
+                    }
+                }
                 self.generate(other, doc_id, docs, out);
             }
         }
@@ -1162,6 +1181,7 @@ impl SyncEngine {
                 state,
                 status: PeerDocStatus::Unknown,
                 persisted,
+                caught_up: None,
             },
         );
     }
@@ -1217,6 +1237,51 @@ impl SyncEngine {
             });
         }
         self.persist_if_changed(conn, doc_id, out);
+    }
+
+    /// Passes the changes that just arrived on to a peer that had everything before them, as
+    /// they arrived (see [`forward`]). False when the peer's state calls for the general path.
+    fn forward(
+        &mut self,
+        conn: ConnId,
+        doc_id: DocumentId,
+        arrived: &forward::Arrived,
+        docs: &mut dyn DocumentSource,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        let sender_id = self.config.peer_id.clone();
+        let Some(doc) = docs.get_mut(&doc_id) else {
+            return false;
+        };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        let Phase::Ready { peer_id, .. } = &c.phase else {
+            return false;
+        };
+        let target_id = peer_id.clone();
+        let Some(peer_doc) = c.docs.get_mut(&doc_id) else {
+            return false;
+        };
+        if arrived.byte_len() > self.config.max_message_changes {
+            // Large: the general path splits it into pieces.
+            return false;
+        }
+        let Some(message) = arrived.message_for(doc, &mut peer_doc.state, &mut peer_doc.caught_up)
+        else {
+            return false;
+        };
+        out.push(Action::Send {
+            conn,
+            message: Message::Sync(SyncMessage {
+                sender_id,
+                target_id,
+                document_id: doc_id,
+                data: message.encode(),
+            }),
+        });
+        self.persist_if_changed(conn, doc_id, out);
+        true
     }
 
     /// Hands the sync state to the owner if its persistent part changed since last time.
@@ -1287,6 +1352,33 @@ fn nothing_to_send(doc: &mut AutoCommit, state: &sync::State) -> bool {
     state.in_flight
         || (state.their_heads.as_ref() == Some(&heads)
             && state.their_need.as_ref().is_none_or(Vec::is_empty))
+}
+
+/// What we know a peer holds or was sent after it sent us a message (see [`forward`]): all of
+/// our heads when it says it holds them; nothing certain when it asks for changes or lost its
+/// copy; else, when it was caught up before the message, the changes it sent on top of that.
+fn sender_caught_up(
+    state: &sync::State,
+    caught_up: Option<Vec<automerge::ChangeHash>>,
+    heads: &[automerge::ChangeHash],
+    arrived: Option<&forward::Arrived>,
+) -> Option<Vec<automerge::ChangeHash>> {
+    let their_heads = state.their_heads.as_deref();
+    if their_heads == Some(heads) {
+        return Some(heads.to_vec());
+    }
+    if their_heads.is_none_or(<[_]>::is_empty)
+        || !state.their_need.as_ref().is_some_and(Vec::is_empty)
+    {
+        return None;
+    }
+    match arrived {
+        Some(arrived) => {
+            let (before, after) = arrived.heads();
+            (caught_up.as_deref() == Some(before)).then(|| after.to_vec())
+        }
+        None => caught_up,
+    }
 }
 
 fn connection(phase: Phase, now: Instant) -> Connection {
@@ -1514,6 +1606,9 @@ mod tests {
         links: HashMap<(usize, ConnId), (usize, ConnId)>,
         queue: VecDeque<(usize, ConnId, Vec<u8>)>,
         bytes_sent: usize,
+        /// Sync messages that passed changes on as they arrived (see [`forward`]): ours say
+        /// "we hold everything up to our heads" with an empty filter.
+        direct_forwards: usize,
         now: Instant,
     }
 
@@ -1524,6 +1619,7 @@ mod tests {
                 links: HashMap::new(),
                 queue: VecDeque::new(),
                 bytes_sent: 0,
+                direct_forwards: 0,
                 now: Instant::now(),
             }
         }
@@ -1564,6 +1660,18 @@ mod tests {
             self.run();
         }
 
+        /// Delivers at most `n` frames.
+        fn deliver(&mut self, n: usize) {
+            for _ in 0..n {
+                let Some((node, conn, bytes)) = self.queue.pop_front() else {
+                    return;
+                };
+                let n = &mut self.nodes[node];
+                let actions = n.engine.receive_bytes(conn, &bytes, self.now, &mut n.store);
+                self.handle(node, actions);
+            }
+        }
+
         /// Delivers frames until none is left.
         fn run(&mut self) {
             let mut steps = 0;
@@ -1583,6 +1691,16 @@ mod tests {
                 let n = &mut self.nodes[node];
                 match action {
                     Action::Send { conn, message } => {
+                        if let Message::Sync(sync) = &message {
+                            let m = sync::Message::decode(&sync.data).expect("our message");
+                            if !m.changes.is_empty()
+                                && m.have.len() == 1
+                                && m.have[0].last_sync == m.heads
+                                && m.have[0].bloom.to_bytes().is_empty()
+                            {
+                                self.direct_forwards += 1;
+                            }
+                        }
                         let bytes = message.encode();
                         self.bytes_sent += bytes.len();
                         if let Some(&(to, to_conn)) = self.links.get(&(node, conn)) {
@@ -1758,6 +1876,95 @@ mod tests {
         assert_eq!(net.nodes[2].ephemeral[0].1, PeerId::from("client"));
         assert_eq!(net.nodes[RELAY].ephemeral.len(), 1);
         assert!(net.nodes[CLIENT].ephemeral.is_empty());
+    }
+
+    /// A relay and `clients` clients syncing one document the first client created.
+    fn relay_with_clients(clients: usize) -> (Net, DocumentId) {
+        let mut relay = Node::new("relay", Some("relay-store"));
+        relay.creates_announced_docs = true;
+        let mut nodes = vec![relay];
+        let id = DocumentId::new_random();
+        for i in 0..clients {
+            let mut node = Node::new(&format!("client-{i}"), Some(&format!("store-{i}")));
+            let doc = if i == 0 {
+                // Some history: Automerge sends a whole document instead of changes that are
+                // more than a third of it.
+                let mut doc = doc_with("created", "yes");
+                for n in 0..12 {
+                    doc.put(ROOT, "history", n).expect("put");
+                    doc.commit_with(CommitOptions::default().with_time(1_600_000_000 + n));
+                }
+                doc
+            } else {
+                AutoCommit::new()
+            };
+            node.store.loaded.insert(id, doc);
+            nodes.push(node);
+        }
+        let mut net = Net::new(nodes);
+        for i in 1..=clients {
+            net.connect(i, 0, ConnId(i as u64));
+            net.share(i, id);
+        }
+        (net, id)
+    }
+
+    fn edit(net: &mut Net, node: usize, id: DocumentId, n: u32) {
+        let doc = net.nodes[node].store.loaded.get_mut(&id).expect("doc");
+        doc.put(ROOT, format!("by-{node}"), n).expect("put");
+        doc.put(ROOT, "shared", format!("{node}-{n}"))
+            .expect("put");
+        doc.commit_with(CommitOptions::default().with_time(1_700_000_000 + i64::from(n)));
+        let n = &mut net.nodes[node];
+        let actions = n.engine.local_change(id, &mut n.store);
+        net.handle(node, actions);
+    }
+
+    fn assert_converged(net: &mut Net, id: DocumentId) {
+        let heads: Vec<_> = net
+            .nodes
+            .iter_mut()
+            .map(|n| n.store.loaded.get_mut(&id).expect("doc").get_heads())
+            .collect();
+        assert!(heads.iter().all(|h| *h == heads[0]), "{heads:?}");
+        for node in &net.nodes {
+            assert!(node.errors.is_empty(), "{:?}", node.errors);
+        }
+    }
+
+    #[test]
+    fn the_relay_passes_an_edit_on_as_it_arrived_to_peers_that_were_up_to_date() {
+        let (mut net, id) = relay_with_clients(4);
+        for round in 0..3 {
+            net.direct_forwards = 0;
+            edit(&mut net, 1 + round % 4, id, round as u32);
+            net.run();
+            assert_converged(&mut net, id);
+            // The three other clients get the change without the relay asking Automerge.
+            assert_eq!(net.direct_forwards, 3, "round {round}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// Edits on every client at any moment, frames delivered in any amount between them:
+        /// every copy ends the same, whichever way the relay passed the changes on.
+        #[test]
+        fn concurrent_edits_through_the_relay_converge(
+            steps in proptest::collection::vec((1usize..=4, 0usize..6), 1..40)
+        ) {
+            let (mut net, id) = relay_with_clients(4);
+            net.direct_forwards = 0;
+            for (n, (client, deliveries)) in steps.into_iter().enumerate() {
+                edit(&mut net, client, id, n as u32);
+                net.deliver(deliveries);
+            }
+            net.run();
+            assert_converged(&mut net, id);
+            // The first edit reaches a relay whose peers are all up to date.
+            proptest::prop_assert!(net.direct_forwards >= 3);
+        }
     }
 
     /// Bytes on the wire to bring the relay up to date after one edit on a reconnect, with or

@@ -12,6 +12,7 @@
 
 pub mod docid;
 pub mod engine;
+mod forward;
 pub mod message;
 
 pub use docid::{DocumentId, DocumentIdError};
