@@ -93,6 +93,8 @@ struct Client {
     socket: Socket,
     connected: bool,
     unavailable: Vec<DocumentId>,
+    /// Documents the relay answered `doc-unavailable` about, whatever this client holds.
+    told_unavailable: Vec<DocumentId>,
     errors: Vec<String>,
     closed: bool,
 }
@@ -111,6 +113,7 @@ impl Client {
             socket,
             connected: false,
             unavailable: Vec::new(),
+            told_unavailable: Vec::new(),
             errors: Vec::new(),
             closed: false,
         };
@@ -137,6 +140,18 @@ impl Client {
             }
         }
         Ok(())
+    }
+
+    /// Hand a frame from the relay to the engine.
+    async fn receive(&mut self, bytes: &[u8]) -> Result<()> {
+        if let Ok(Message::DocUnavailable(m)) = Message::decode(bytes) {
+            // The engine reports only documents it asked for and has nothing of.
+            self.told_unavailable.push(m.document_id);
+        }
+        let actions = self
+            .engine
+            .receive_bytes(CONN, bytes, Instant::now(), &mut self.docs);
+        self.perform(actions).await
     }
 
     /// Share a document (an empty one asks the relay for it).
@@ -181,10 +196,7 @@ impl Client {
                 .context("timed out waiting for the relay")?;
             match frame {
                 Some(Ok(WsMessage::Binary(bytes))) => {
-                    let actions =
-                        self.engine
-                            .receive_bytes(CONN, &bytes, Instant::now(), &mut self.docs);
-                    self.perform(actions).await?;
+                    self.receive(&bytes).await?;
                 }
                 Some(Ok(WsMessage::Close(_))) | None => {
                     self.closed = true;
@@ -206,10 +218,7 @@ impl Client {
             match tokio::time::timeout_at(until, self.socket.next()).await {
                 Err(_) => return Ok(()),
                 Ok(Some(Ok(WsMessage::Binary(bytes)))) => {
-                    let actions =
-                        self.engine
-                            .receive_bytes(CONN, &bytes, Instant::now(), &mut self.docs);
-                    self.perform(actions).await?;
+                    self.receive(&bytes).await?;
                 }
                 Ok(Some(Ok(WsMessage::Close(_)))) | Ok(None) => {
                     self.closed = true;
@@ -319,18 +328,11 @@ async fn two_clients_sync_a_document_through_the_relay() -> Result<()> {
         .await?;
     assert_eq!(b.section(&plan_id, "from_a").as_deref(), Some("hello"));
 
-    // A change on one live client reaches the other at once.
+    // A change on one live client reaches the other without it asking: A only answers what
+    // arrives. How fast is measured by the benchmarks (`relay-bench`), not here.
     b.edit(plan_id, "from_b", "hi").await?;
-    let started = Instant::now();
     a.pump_until(|c| c.section(&plan_id, "from_b").is_some())
         .await?;
-    // Generous: tests run in parallel on two cores in a debug build; the one-second bound on
-    // loopback is checked by the end-to-end tests against a release relay.
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "fan-out took {:?}",
-        started.elapsed()
-    );
 
     // What the relay forwarded is in its store.
     assert_eq!(
@@ -372,7 +374,8 @@ async fn documents_outside_the_devices_coalitions_are_unavailable() -> Result<()
     forged.commit_with(CommitOptions::default().with_time(1_700_000_200));
     let mut d = Client::connect(&served, &outsider, "outsider-2").await?;
     d.share(plan_id, forged).await?;
-    d.pump_for(Duration::from_millis(500)).await?;
+    d.pump_until(|c| c.told_unavailable.contains(&plan_id))
+        .await?;
     assert_eq!(stored_value(&served, plan_id, "forged").await?, None);
 
     // A member creates a new document of its coalition: stored with it. A document that
@@ -572,7 +575,7 @@ async fn idle_documents_are_evicted_and_reloaded_on_demand() -> Result<()> {
     drop(a);
 
     // Once it is gone they are idle: the next batches unload all but one.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + TIMEOUT;
     loop {
         let (_, text) = get(&state, "/metrics", "").await?;
         let text = text.as_str().unwrap_or_default().to_string();
@@ -615,7 +618,6 @@ async fn an_organisation_removed_from_the_coalition_is_disconnected_at_once() ->
     let mut copy = manifest.fork();
     copy.set_actor(automerge::ActorId::random());
     a.share(manifest_id, copy).await?;
-    a.pump_for(Duration::from_millis(200)).await?;
     {
         let doc = a.docs.get_mut(&manifest_id).context("manifest")?;
         let (_, members) = doc.get(ROOT, "members")?.context("members")?;
