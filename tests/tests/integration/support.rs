@@ -120,6 +120,16 @@ impl ChildGuard {
         ChildGuard { child }
     }
 
+    /// Send `signal` (e.g. "STOP", "CONT"); panics if it cannot be sent.
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(sent, "cannot send SIG{signal} to {}", self.child.id());
+    }
+
     /// Send `signal` (e.g. "INT", "TERM") and wait up to `timeout` for the exit; false if it
     /// is still running then.
     pub fn signal_and_wait(&mut self, signal: &str, timeout: std::time::Duration) -> bool {
