@@ -42,7 +42,7 @@ const HONEST_PEER: &str = "honest-peer";
 /// The document a row's probe requests: nobody has it.
 const PROBE_DOC: DocumentId = DocumentId::from_bytes([0x9e; 16]);
 /// How long a row may take before the relay counts as hung.
-const ROW_TIMEOUT: Duration = Duration::from_secs(15);
+const ROW_TIMEOUT: Duration = Duration::from_secs(60);
 /// `wss::MAX_FRAME` of the relay: 64 MiB.
 const MAX_FRAME: usize = 64 * 1024 * 1024;
 

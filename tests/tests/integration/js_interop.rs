@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use automerge::AutoCommit;
 use coalition_core::model::DocKind;
 use coalition_core::store::Store;
-use coalition_core::sync::{Action, ConnId, DocumentId, EngineConfig, PeerId, SyncEngine};
+use coalition_core::sync::{Action, ConnId, DocumentId, EngineConfig, Message, PeerId, SyncEngine};
 use coalition_core::transport;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -72,7 +72,8 @@ fn run_bounded(mut command: Command, timeout: Duration) -> (bool, String, String
 }
 
 /// Asks the relay for one document by id, as a Rust peer that does not have it, and returns
-/// what it got once the exchange goes quiet; `None` if the relay says it is unavailable.
+/// it once it holds everything the relay said it has (the heads of the relay's last sync
+/// message); `None` if the relay says it is unavailable.
 fn fetch_doc(server: &str, credential: &str, id: DocumentId) -> Option<AutoCommit> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -87,7 +88,8 @@ fn fetch_doc(server: &str, credential: &str, id: DocumentId) -> Option<AutoCommi
         let conn = ConnId(1);
         let mut actions = engine.connect(conn, Instant::now());
         actions.extend(engine.share_doc(id, &mut docs));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut relay_heads: Option<Vec<automerge::ChangeHash>> = None;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             for action in actions.drain(..) {
                 match action {
@@ -100,21 +102,32 @@ fn fetch_doc(server: &str, credential: &str, id: DocumentId) -> Option<AutoCommi
                     _ => {}
                 }
             }
-            let have = docs.get_mut(&id).is_some_and(|d| !d.get_heads().is_empty());
-            // Once there is content, half a second of silence means the relay sent it all.
-            let wait = if have {
-                Duration::from_millis(500)
-            } else {
-                deadline.saturating_duration_since(tokio::time::Instant::now())
-            };
-            match tokio::time::timeout(wait, ws.next()).await {
+            if let (Some(doc), Some(relay)) = (docs.get_mut(&id), &relay_heads) {
+                let mut heads = doc.get_heads();
+                heads.sort();
+                if !heads.is_empty() && heads == *relay {
+                    return docs.remove(&id);
+                }
+            }
+            match tokio::time::timeout_at(deadline, ws.next()).await {
                 Ok(Some(Ok(WsMessage::Binary(bytes)))) => {
+                    if let Ok(Message::Sync(m) | Message::Request(m)) = Message::decode(&bytes) {
+                        if m.document_id == id {
+                            if let Ok(sync) = automerge::sync::Message::decode(&m.data) {
+                                let mut heads = sync.heads;
+                                heads.sort();
+                                relay_heads = Some(heads);
+                            }
+                        }
+                    }
                     actions = engine.receive_bytes(conn, &bytes, Instant::now(), &mut docs);
                 }
                 Ok(Some(Ok(_))) => {}
                 Ok(other) => panic!("the WebSocket ended: {other:?}"),
-                Err(_) if have => return docs.remove(&id),
-                Err(_) => panic!("the relay sent nothing about {id} within 20 s"),
+                Err(_) => panic!(
+                    "{id} did not arrive whole within 60 s: the relay has {relay_heads:?}, we have {:?}",
+                    docs.get_mut(&id).map(|d| d.get_heads())
+                ),
             }
         }
     })
