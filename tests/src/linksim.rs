@@ -136,6 +136,8 @@ struct Control {
     cut_after: AtomicU64,
     counters: Counters,
     started: Instant,
+    /// UDP: every client address seen, in order.
+    clients: Mutex<Vec<SocketAddr>>,
 }
 
 impl Control {
@@ -145,6 +147,7 @@ impl Control {
             cut_after: AtomicU64::new(0),
             counters: Counters::default(),
             started: Instant::now(),
+            clients: Mutex::new(Vec::new()),
         })
     }
 
@@ -280,6 +283,16 @@ impl LinkSim {
         self.control.cut_after.store(bytes, Ordering::Relaxed);
     }
 
+    /// UDP: every address a client sent from, in the order first seen (a client that moved
+    /// to a new socket shows up twice).
+    pub fn client_addresses(&self) -> Vec<SocketAddr> {
+        self.control
+            .clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Time since the proxy started.
     pub fn elapsed(&self) -> Duration {
         self.control.started.elapsed()
@@ -295,13 +308,14 @@ impl Drop for LinkSim {
 }
 
 /// A FIFO delivery queue: packets leave at their arrival times, in order.
-fn delivery<F>(mut deliver: F) -> (mpsc::UnboundedSender<(Instant, Vec<u8>)>, JoinHandle<()>)
+fn delivery<T, F>(mut deliver: F) -> (mpsc::UnboundedSender<(Instant, T)>, JoinHandle<()>)
 where
-    F: FnMut(Vec<u8>) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
+    T: Send + 'static,
+    F: FnMut(T) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
         + Send
         + 'static,
 {
-    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, T)>();
     let task = tokio::spawn(async move {
         while let Some((at, packet)) = rx.recv().await {
             tokio::time::sleep_until(at).await;
@@ -313,74 +327,111 @@ where
     (tx, task)
 }
 
-/// A UDP proxy to `target` (one client at a time; a client that changes its address, as a
-/// migrating QUIC client does, is followed).
+/// A UDP proxy to `target`. It behaves like a NAT: each client address gets its own outside
+/// socket, so a client that moves to a new socket (as a migrating QUIC client does) reaches
+/// the server from a new address, and the server's answers to that address go to it. Both
+/// directions keep one line each, whatever the number of client addresses.
 pub async fn udp_proxy(target: SocketAddr, spec: LinkSpec, seed: u64) -> io::Result<LinkSim> {
     let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
-    let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
     let addr = front.local_addr()?;
     let control = Control::new();
-    let client: Arc<Mutex<Option<SocketAddr>>> = Arc::new(Mutex::new(None));
 
-    let up_socket = back.clone();
-    let (up_tx, up_task) = delivery(move |p| {
-        let s = up_socket.clone();
-        Box::pin(async move { s.send_to(&p, target).await.is_ok() })
+    let (up_tx, up_task) = delivery(move |(back, p): (Arc<UdpSocket>, Vec<u8>)| {
+        Box::pin(async move { back.send_to(&p, target).await.is_ok() })
     });
     let down_socket = front.clone();
-    let down_client = client.clone();
-    let (down_tx, down_task) = delivery(move |p| {
+    let (down_tx, down_task) = delivery(move |(to, p): (SocketAddr, Vec<u8>)| {
         let s = down_socket.clone();
-        let to = *down_client.lock().unwrap_or_else(|e| e.into_inner());
-        Box::pin(async move {
-            match to {
-                Some(to) => s.send_to(&p, to).await.is_ok(),
-                None => true,
-            }
-        })
+        Box::pin(async move { s.send_to(&p, to).await.is_ok() })
     });
+    let down_line = Arc::new(Mutex::new(Line::new(
+        spec,
+        seed ^ 0x5eed,
+        false,
+        control.started,
+    )));
 
     let mut up_line = Line::new(spec, seed, false, control.started);
     let c = control.clone();
-    let up_client = client.clone();
     let up_reader = tokio::spawn(async move {
+        // Outside sockets by client address; the tasks that read the server's answers on
+        // them end with this one (a JoinSet aborts its tasks when dropped).
+        let mut outside: Vec<(SocketAddr, Arc<UdpSocket>)> = Vec::new();
+        let mut readers = tokio::task::JoinSet::new();
         let mut buf = vec![0u8; 65_536];
         while let Ok((n, from)) = front.recv_from(&mut buf).await {
-            *up_client.lock().unwrap_or_else(|e| e.into_inner()) = Some(from);
-            forward(&c, &mut up_line, true, &buf[..n], &up_tx);
+            let back = match outside.iter().find(|(a, _)| *a == from) {
+                Some((_, back)) => back.clone(),
+                None => {
+                    let Ok(back) = UdpSocket::bind("127.0.0.1:0").await else {
+                        c.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    let back = Arc::new(back);
+                    c.clients
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(from);
+                    readers.spawn(read_answers(
+                        back.clone(),
+                        from,
+                        c.clone(),
+                        down_line.clone(),
+                        down_tx.clone(),
+                    ));
+                    outside.push((from, back.clone()));
+                    back
+                }
+            };
+            forward(&c, &mut up_line, true, (back, buf[..n].to_vec()), &up_tx);
         }
-    });
-    let mut down_line = Line::new(spec, seed ^ 0x5eed, false, control.started);
-    let c = control.clone();
-    let down_reader = tokio::spawn(async move {
-        let mut buf = vec![0u8; 65_536];
-        while let Ok((n, _)) = back.recv_from(&mut buf).await {
-            forward(&c, &mut down_line, false, &buf[..n], &down_tx);
-        }
+        readers.shutdown().await;
     });
     Ok(LinkSim {
         addr,
         control,
-        tasks: vec![up_task, down_task, up_reader, down_reader],
+        tasks: vec![up_task, down_task, up_reader],
     })
 }
 
-fn forward(
+/// Carries what the server sends to one outside socket back to the client it belongs to.
+async fn read_answers(
+    back: Arc<UdpSocket>,
+    client: SocketAddr,
+    control: Arc<Control>,
+    line: Arc<Mutex<Line>>,
+    out: mpsc::UnboundedSender<(Instant, (SocketAddr, Vec<u8>))>,
+) {
+    let mut buf = vec![0u8; 65_536];
+    while let Ok((n, _)) = back.recv_from(&mut buf).await {
+        let mut line = line.lock().unwrap_or_else(|e| e.into_inner());
+        forward(
+            &control,
+            &mut line,
+            false,
+            (client, buf[..n].to_vec()),
+            &out,
+        );
+    }
+}
+
+fn forward<T>(
     control: &Control,
     line: &mut Line,
     up: bool,
-    packet: &[u8],
-    out: &mpsc::UnboundedSender<(Instant, Vec<u8>)>,
+    packet: (T, Vec<u8>),
+    out: &mpsc::UnboundedSender<(Instant, (T, Vec<u8>))>,
 ) {
     if control.blocked() {
         control.counters.dropped.fetch_add(1, Ordering::Relaxed);
         return;
     }
-    control.count(up, packet.len());
-    match line.send(packet.len()) {
+    let len = packet.1.len();
+    control.count(up, len);
+    match line.send(len) {
         Fate::Arrives(at) => {
             // The delivery task only ends with the proxy.
-            if out.send((at, packet.to_vec())).is_err() {
+            if out.send((at, packet)).is_err() {
                 control.counters.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }

@@ -43,7 +43,8 @@ pub use quic::wire::Congestion;
 pub use session::{Session, SessionError, SessionEvent, SyncStats};
 pub use status::{status, DeviceStatus};
 pub use ws::{
-    sync_once, watch, ConnectError, SyncError, SyncOptions, SyncSummary, Transport, WatchEvent,
+    sync_once, sync_once_over, watch, ConnectError, SyncError, SyncOptions, SyncSummary, Transport,
+    WatchEvent,
 };
 
 use crate::store::{Store, StoreError};

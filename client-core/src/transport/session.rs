@@ -375,17 +375,30 @@ impl<'s> Session<'s> {
 
     /// Records what a relay message says about a document: that the relay answered, and its
     /// heads.
+    ///
+    /// A piece of a catch-up split into several messages (changes, but neither `have` nor
+    /// `need`, which automerge always sends one of otherwise) is not an answer: the rest is on
+    /// its way, and on a thin link the next piece can take longer than the quiet time that
+    /// ends a sync. The document counts as answered again with the last piece.
     fn note_incoming(&mut self, message: &Message) {
         let Some(id) = message.document_id() else {
             return;
         };
-        self.answered.insert(id);
+        let mut piece = false;
         if let Message::Sync(m) | Message::Request(m) = message {
             if let Ok(decoded) = automerge::sync::Message::decode(&m.data) {
+                piece = !decoded.changes.is_empty()
+                    && decoded.have.is_empty()
+                    && decoded.need.is_empty();
                 let mut heads = decoded.heads;
                 heads.sort();
                 self.relay_heads.insert(id, heads);
             }
+        }
+        if piece {
+            self.answered.remove(&id);
+        } else {
+            self.answered.insert(id);
         }
     }
 
@@ -413,6 +426,13 @@ impl<'s> Session<'s> {
         self.stats.frames_sent += 1;
         self.stats.bytes_sent += frame.len() as u64;
         Some(frame)
+    }
+
+    /// A frame taken with [`Self::poll_transmit`] that will not be sent after all (the sync
+    /// stopped at its byte budget, or the link went first): it no longer counts as sent.
+    pub fn not_sent(&mut self, frame: &[u8]) {
+        self.stats.frames_sent = self.stats.frames_sent.saturating_sub(1);
+        self.stats.bytes_sent = self.stats.bytes_sent.saturating_sub(frame.len() as u64);
     }
 
     /// The next event for the user.

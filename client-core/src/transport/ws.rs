@@ -535,6 +535,9 @@ async fn drive<S: Future<Output = ()>>(
     // Something happened since the last checkpoint (watch mode records after each burst).
     let mut dirty = true;
     let mut outbox = Outbox::default();
+    // Bytes of frames that went to the link (the session counts frames as it hands them to
+    // the outbox, and a budget is about what leaves).
+    let mut sent: u64 = 0;
     let mut poll = tokio::time::interval(options.poll_interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let every = link.keepalive_every();
@@ -557,15 +560,18 @@ async fn drive<S: Future<Output = ()>>(
         }
         while let Some(len) = outbox.peek_len() {
             if let Some(budget) = options.budget {
-                let spent = session.stats().bytes_sent + session.stats().bytes_received;
+                let spent = sent + session.stats().bytes_received;
                 if spent + len as u64 > budget {
+                    withdraw(session, &mut outbox);
                     link.close().await;
                     return end(Outcome::BudgetReached { budget });
                 }
             }
             let Some(frame) = outbox.pop() else { break };
             last_activity = Instant::now();
+            sent += frame.len() as u64;
             if let Err(reason) = link.send(frame).await {
+                withdraw(session, &mut outbox);
                 return end(Outcome::LinkLost { reason });
             }
         }
@@ -586,9 +592,10 @@ async fn drive<S: Future<Output = ()>>(
                         book.saw(&bytes);
                         session.receive(&bytes, std::time::Instant::now())?;
                         if let Some(budget) = options.budget {
-                            let spent = session.stats().bytes_sent + session.stats().bytes_received;
+                            let spent = sent + session.stats().bytes_received;
                             if spent >= budget {
                                 emit(session, on_event);
+                                withdraw(session, &mut outbox);
                                 link.close().await;
                                 return end(Outcome::BudgetReached { budget });
                             }
@@ -668,6 +675,13 @@ async fn drive<S: Future<Output = ()>>(
     }
 }
 
+/// Frames still in the outbox when a drive ends were never sent: they stop counting as sent.
+fn withdraw(session: &mut Session<'_>, outbox: &mut Outbox) {
+    while let Some(frame) = outbox.pop() {
+        session.not_sent(&frame);
+    }
+}
+
 /// Hands the session's events to the caller; returns why the engine closed the connection,
 /// if it did.
 fn emit(session: &mut Session<'_>, on_event: &mut dyn FnMut(&WatchEvent)) -> Option<String> {
@@ -691,7 +705,28 @@ pub async fn sync_once(
     options: &SyncOptions,
     on_event: &mut dyn FnMut(&WatchEvent),
 ) -> Result<SyncSummary, SyncError> {
-    let mut link = connect_link(options).await?;
+    let link = connect_link(options).await?;
+    sync_on(store, options, link, on_event).await
+}
+
+/// [`sync_once`] over a QUIC link the caller opened with [`quic::connect`]: the caller can
+/// keep the link's [`quic::Migrator`] and move the connection to another socket while the
+/// sync runs (an app that hears from its platform that the device changed networks).
+pub async fn sync_once_over(
+    store: &mut Store,
+    options: &SyncOptions,
+    link: QuicLink,
+    on_event: &mut dyn FnMut(&WatchEvent),
+) -> Result<SyncSummary, SyncError> {
+    sync_on(store, options, link.into(), on_event).await
+}
+
+async fn sync_on(
+    store: &mut Store,
+    options: &SyncOptions,
+    mut link: Link,
+    on_event: &mut dyn FnMut(&WatchEvent),
+) -> Result<SyncSummary, SyncError> {
     let transport = link.kind();
     let mut book = DocBook::new(store.path());
     // The session is made only now: until the relay accepted the credential (over QUIC: until

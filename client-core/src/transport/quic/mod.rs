@@ -20,6 +20,7 @@ pub mod pin;
 pub mod wire;
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -310,11 +311,20 @@ impl QuicLink {
         self.endpoint.rebind(socket)
     }
 
+    /// A handle that moves this connection to another socket from outside the sync loop.
+    pub fn migrator(&self) -> Migrator {
+        Migrator {
+            endpoint: self.endpoint.clone(),
+            conn: self.conn.clone(),
+        }
+    }
+
     /// Sends what is queued (waiting up to `limit` for the relay to take it) and closes.
     pub async fn close(&mut self, limit: Duration) {
         if let Some(router) = self.router.take() {
             router.finish(limit).await;
         }
+        tracing::debug!(stats = ?self.conn.stats(), "closing the QUIC connection");
         self.conn
             .close(VarInt::from_u32(wire::CLOSE_DONE), b"sync finished");
         // Let the close frame leave before the socket goes.
@@ -324,6 +334,42 @@ impl QuicLink {
         {
             tracing::debug!("the QUIC close was not confirmed");
         }
+    }
+}
+
+/// Moves a live [`QuicLink`] to another local socket while the sync loop owns the link: the
+/// connection (named by its connection id, not its address) goes on over the new socket after
+/// the relay checks the new path, without a new handshake.
+#[derive(Clone)]
+pub struct Migrator {
+    endpoint: Endpoint,
+    conn: Connection,
+}
+
+impl Migrator {
+    /// Sends and receives on `socket` from now on; the old socket is closed.
+    pub fn rebind(&self, socket: std::net::UdpSocket) -> std::io::Result<()> {
+        self.endpoint.rebind(socket)
+    }
+
+    /// The local address the connection now uses.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// How many times the relay checked that this device answers on a new path (its
+    /// PATH_CHALLENGE frames this device answered): how often the relay saw the connection
+    /// move.
+    pub fn path_checks_answered(&self) -> u64 {
+        self.conn.stats().frame_tx.path_response
+    }
+}
+
+impl fmt::Debug for Migrator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Migrator")
+            .field("remote", &self.conn.remote_address())
+            .finish_non_exhaustive()
     }
 }
 

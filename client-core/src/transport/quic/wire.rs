@@ -76,8 +76,11 @@ pub enum FrameError {
 /// Writes one frame.
 pub async fn write_frame(send: &mut SendStream, frame: &[u8]) -> Result<(), quinn::WriteError> {
     let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
-    send.write_all(&len.to_be_bytes()).await?;
-    send.write_all(frame).await
+    // One write: two would let the connection send the length prefix in a packet of its own.
+    let mut buf = Vec::with_capacity(4 + frame.len());
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(frame);
+    send.write_all(&buf).await
 }
 
 /// Reads one frame; `None` when the stream ended cleanly between frames.
@@ -137,7 +140,8 @@ impl fmt::Display for Congestion {
 }
 
 /// The transport settings both sides use: keep-alive and idle timeout for mobile links, the
-/// congestion controller, and room for one stream per document.
+/// congestion controller, room for one stream per document, and no more packets than a sync
+/// needs (no path MTU probes, fewer ACKs).
 pub fn transport_config(congestion: Congestion) -> TransportConfig {
     let mut config = TransportConfig::default();
     config
@@ -152,6 +156,18 @@ pub fn transport_config(congestion: Congestion) -> TransportConfig {
         // Long, thin links: start from a pessimistic RTT so the first loss timers do not fire
         // before a 2G or satellite answer can arrive.
         .initial_rtt(Duration::from_millis(500));
+    // What a connection costs on a metered link (see docs/benchmarks.md): path MTU discovery
+    // sends a handful of padded probes each way on every connection (about 12 KB, twice the
+    // frames of a small sync) to grow packets from 1,200 to 1,452 bytes, which saves under 1% of
+    // a large download in headers; every QUIC path carries 1,200-byte datagrams, so stay there.
+    config.mtu_discovery_config(None);
+    // Ask the relay (and let it ask us) to acknowledge every fifth ack-eliciting packet, not
+    // every second, within 50 ms: fewer ACK-only packets on a thin uplink. A gap in packet
+    // numbers (a loss, or reordering past 2) still gets an immediate ACK.
+    let mut acks = quinn::AckFrequencyConfig::default();
+    acks.ack_eliciting_threshold(VarInt::from_u32(4))
+        .max_ack_delay(Some(Duration::from_millis(50)));
+    config.ack_frequency_config(Some(acks));
     match congestion {
         Congestion::Cubic => config
             .congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default())),
