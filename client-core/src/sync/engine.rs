@@ -992,10 +992,13 @@ impl SyncEngine {
         let more_to_come = is_piece(&decoded);
         let before = doc.get_heads();
         let incoming = forward::Incoming::read(&decoded, doc);
-        if let Err(source) = doc
-            .sync()
-            .receive_sync_message(&mut peer_doc.state, decoded)
-        {
+        let received = match forward::receive_without_changes(doc, &mut peer_doc.state, decoded) {
+            Ok(()) => Ok(()),
+            Err(decoded) => doc
+                .sync()
+                .receive_sync_message(&mut peer_doc.state, decoded),
+        };
+        if let Err(source) = received {
             out.push(error_action(
                 conn,
                 EngineError::ApplySyncMessage { doc_id, source },
@@ -1209,6 +1212,21 @@ impl SyncEngine {
             return;
         };
         if nothing_to_send(doc, &peer_doc.state) {
+            return;
+        }
+        if let Some(message) =
+            forward::acknowledgement(doc, &mut peer_doc.state, peer_doc.caught_up.as_deref())
+        {
+            out.push(Action::Send {
+                conn,
+                message: Message::Sync(SyncMessage {
+                    sender_id,
+                    target_id,
+                    document_id: doc_id,
+                    data: message.encode(),
+                }),
+            });
+            self.persist_if_changed(conn, doc_id, out);
             return;
         }
         let pieces = bounded_messages(doc, &mut peer_doc.state, self.config.max_message_changes);
@@ -1912,8 +1930,7 @@ mod tests {
     fn edit(net: &mut Net, node: usize, id: DocumentId, n: u32) {
         let doc = net.nodes[node].store.loaded.get_mut(&id).expect("doc");
         doc.put(ROOT, format!("by-{node}"), n).expect("put");
-        doc.put(ROOT, "shared", format!("{node}-{n}"))
-            .expect("put");
+        doc.put(ROOT, "shared", format!("{node}-{n}")).expect("put");
         doc.commit_with(CommitOptions::default().with_time(1_700_000_000 + i64::from(n)));
         let n = &mut net.nodes[node];
         let actions = n.engine.local_change(id, &mut n.store);

@@ -98,7 +98,7 @@ impl Arrived {
         state: &mut sync::State,
         caught_up: &mut Option<Vec<ChangeHash>>,
     ) -> Option<sync::Message> {
-        if !up_to_date(doc, state, caught_up.as_deref(), &self.before) {
+        if !up_to_date(doc, state, caught_up.as_deref(), &self.before, true) {
             return None;
         }
         let mut changes = Vec::with_capacity(self.changes.len());
@@ -111,23 +111,125 @@ impl Arrived {
         state.last_sent_heads.clone_from(&self.after);
         state.in_flight = true;
         *caught_up = Some(self.after.clone());
-        let mut flags = MessageFlags::new();
-        flags.set(MessageFlags::SUPPORTS_SYNC_RESET);
-        Some(sync::Message {
-            heads: self.after.clone(),
-            need: Vec::new(),
-            // We hold everything up to our heads, and the peer will too once it applied this
-            // message (it holds everything before it, and messages arrive in order): our heads
-            // with an empty filter say exactly what we have. Automerge would send a filter of
-            // the changes since the heads we last agreed on, which says the same at more cost.
-            have: vec![Have {
-                last_sync: self.after.clone(),
-                bloom: BloomFilter::default(),
-            }],
-            changes: changes.into(),
-            flags: Some(flags),
-            version: MessageVersion::V1,
-        })
+        Some(direct_message(self.after.clone(), changes))
+    }
+}
+
+/// The answer to a peer that holds everything we hold (it says so, and we know it holds or was
+/// sent all of it) but was not told our heads yet: typically the author of the changes that
+/// just arrived. Automerge would build the same message (our heads, what we have, no changes)
+/// after walking the changes since our last sync with it to find there are none to send.
+/// `None` when the general path must decide.
+pub(super) fn acknowledgement(
+    doc: &mut AutoCommit,
+    state: &mut sync::State,
+    caught_up: Option<&[ChangeHash]>,
+) -> Option<sync::Message> {
+    let heads = doc.get_heads();
+    if heads.is_empty()
+        || state.last_sent_heads == heads
+        || state.their_heads.as_ref() != Some(&heads)
+        || !up_to_date(doc, state, caught_up, &heads, false)
+    {
+        return None;
+    }
+    state.have_responded = true;
+    state.last_sent_heads.clone_from(&heads);
+    state.in_flight = true;
+    Some(direct_message(heads, Vec::new()))
+}
+
+/// Applies a sync message that carries no changes (most often a peer acknowledging changes we
+/// sent) to `state`, as `receive_sync_message` would, without its walk over the document's
+/// whole history to trim the hashes we sent: those the peer now holds are all of them when it
+/// holds our heads, and the ones it names otherwise (a hash it does not hold is never among
+/// them: it is the one thing the trimming must keep). Returns the message back when it carries
+/// changes, or when trimming that way would keep too many hashes.
+pub(super) fn receive_without_changes(
+    doc: &mut AutoCommit,
+    state: &mut sync::State,
+    message: sync::Message,
+) -> Result<(), sync::Message> {
+    const MAX_UNTRIMMED: usize = 64;
+    if !message.changes.is_empty()
+        || state.read_only
+        || state.sent_hashes.len() > MAX_UNTRIMMED
+        || !doc.get_missing_deps(&[]).is_empty()
+    {
+        // (With changes waiting for their dependencies, "held" would need Automerge's queue.)
+        return Err(message);
+    }
+    let sync::Message {
+        heads,
+        need,
+        have,
+        flags,
+        ..
+    } = message;
+    state.in_flight = false;
+    let our_heads = doc.get_heads();
+    if let Some(flags) = flags {
+        let mut capabilities = vec![sync::Capability::MessageV2];
+        if flags.contains(MessageFlags::SUPPORTS_SYNC_RESET) {
+            capabilities.push(sync::Capability::SyncReset);
+        }
+        state.their_capabilities = Some(capabilities);
+        if flags.contains(MessageFlags::SYNC_RESET) {
+            state.sent_hashes.clear();
+        }
+        state.peer_read_only = flags.contains(MessageFlags::READ_ONLY);
+    }
+    if heads == our_heads {
+        state.sent_hashes.clear();
+        state.last_sent_heads.clone_from(&heads);
+    } else {
+        for head in &heads {
+            state.sent_hashes.remove(head);
+        }
+    }
+    let missing = doc.get_missing_deps(&heads);
+    if heads.iter().all(|h| !missing.contains(h)) {
+        state.shared_heads.clone_from(&heads);
+        if heads.is_empty() {
+            // The peer lost everything: start again from nothing.
+            state.last_sent_heads = Vec::new();
+            state.sent_hashes.clear();
+        }
+    } else {
+        let mut shared: Vec<ChangeHash> = state
+            .shared_heads
+            .iter()
+            .chain(heads.iter().filter(|h| !missing.contains(h)))
+            .copied()
+            .collect();
+        shared.sort();
+        shared.dedup();
+        state.shared_heads = shared;
+    }
+    state.their_have = Some(have);
+    state.their_heads = Some(heads);
+    state.their_need = Some(need);
+    Ok(())
+}
+
+/// A message of ours that sends `changes` and says we hold everything up to `heads`. We hold
+/// everything up to our heads, and the peer will too once it applied this message (it holds
+/// everything before it, and messages arrive in order): our heads with an empty filter say
+/// exactly what we have. Automerge sends a filter of the changes since the heads we last
+/// agreed on, which says the same at more cost.
+fn direct_message(heads: Vec<ChangeHash>, changes: Vec<Vec<u8>>) -> sync::Message {
+    let mut flags = MessageFlags::new();
+    flags.set(MessageFlags::SUPPORTS_SYNC_RESET);
+    sync::Message {
+        need: Vec::new(),
+        have: vec![Have {
+            last_sync: heads.clone(),
+            bloom: BloomFilter::default(),
+        }],
+        heads,
+        changes: changes.into(),
+        flags: Some(flags),
+        version: MessageVersion::V1,
     }
 }
 
@@ -135,21 +237,23 @@ impl Arrived {
 /// then what it lacks of the document after the message is exactly the changes the message
 /// added. `caught_up` is what the engine knows of the peer: heads all of whose history went to
 /// the peer (it told us it holds them, or we sent what it lacked of them), in order, on this
-/// connection. Also required: we last sent it `before`, it needs nothing, we know every head
+/// connection. Also required: it needs nothing, we know every head
 /// it named (otherwise we would ask for them), its last sync point is one we hold (otherwise
-/// Automerge answers with a reset), and no read-only mode or reset is in play.
+/// Automerge answers with a reset), and no read-only mode or reset is in play. With
+/// `told_before`, we also last sent it `before` itself.
 fn up_to_date(
     doc: &mut AutoCommit,
     state: &sync::State,
     caught_up: Option<&[ChangeHash]>,
     before: &[ChangeHash],
+    told_before: bool,
 ) -> bool {
     if caught_up != Some(before)
         || !state.have_responded
         || state.read_only
         || state.peer_read_only
         || state.needs_reset
-        || state.last_sent_heads != before
+        || (told_before && state.last_sent_heads != before)
         || !state.their_need.as_ref().is_some_and(Vec::is_empty)
     {
         return false;
@@ -163,5 +267,77 @@ fn up_to_date(
     match state.their_have.as_ref().and_then(|haves| haves.first()) {
         Some(have) => doc.get_missing_deps(&have.last_sync).is_empty(),
         None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use automerge::sync::SyncDoc;
+    use automerge::transaction::{CommitOptions, Transactable};
+    use automerge::{ActorId, ROOT};
+
+    fn edit(doc: &mut AutoCommit, key: &str, n: i64) {
+        doc.put(ROOT, key, n).expect("put");
+        doc.commit_with(CommitOptions::default().with_time(1_700_000_000 + n));
+    }
+
+    /// The parts of a state the next messages depend on, with the hashes we sent.
+    fn parts(state: &sync::State) -> impl PartialEq + std::fmt::Debug {
+        (
+            state.shared_heads.clone(),
+            state.last_sent_heads.clone(),
+            state.their_heads.clone(),
+            state.their_need.clone(),
+            state.their_have.clone(),
+            state.in_flight,
+            state.their_capabilities.clone(),
+            state.peer_read_only,
+        )
+    }
+
+    /// Two peers sync while both keep editing; every change-less message `b` receives is
+    /// applied both by Automerge and by [`receive_without_changes`]: the states agree, except
+    /// that ours may keep hashes the peer holds (never one Automerge keeps, and none once the
+    /// peer holds our heads).
+    #[test]
+    fn receiving_without_changes_matches_automerge() {
+        let mut a = AutoCommit::new().with_actor(ActorId::from([1u8; 16]));
+        let mut b = AutoCommit::new().with_actor(ActorId::from([2u8; 16]));
+        for n in 0..5 {
+            edit(&mut a, "a", n);
+            edit(&mut b, "b", n);
+        }
+        let (mut sa, mut sb) = (sync::State::new(), sync::State::new());
+        let mut compared = 0;
+        for round in 0..40 {
+            if round % 3 == 0 {
+                edit(&mut a, "a", 100 + round);
+            }
+            if round % 5 == 0 {
+                edit(&mut b, "b", 200 + round);
+            }
+            if let Some(m) = a.sync().generate_sync_message(&mut sa) {
+                if m.changes.is_empty() {
+                    let mut ours = sb.clone();
+                    receive_without_changes(&mut b, &mut ours, m.clone()).expect("no changes");
+                    b.sync().receive_sync_message(&mut sb, m).expect("receive");
+                    assert_eq!(parts(&ours), parts(&sb), "round {round}");
+                    assert!(ours.sent_hashes.is_superset(&sb.sent_hashes));
+                    if ours.their_heads.as_deref() == Some(b.get_heads().as_slice()) {
+                        assert!(ours.sent_hashes.is_empty());
+                    }
+                    sb = ours;
+                    compared += 1;
+                } else {
+                    b.sync().receive_sync_message(&mut sb, m).expect("receive");
+                }
+            }
+            if let Some(m) = b.sync().generate_sync_message(&mut sb) {
+                a.sync().receive_sync_message(&mut sa, m).expect("receive");
+            }
+        }
+        assert!(compared >= 5, "only {compared} messages without changes");
+        assert_eq!(a.get_heads(), b.get_heads());
     }
 }
