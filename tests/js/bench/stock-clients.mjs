@@ -8,7 +8,7 @@
 // CONFIG: {"url": "ws://127.0.0.1:PORT/sync", "tokens": [..] | null, "docs": ["<id>", ..],
 //          "clients": N, "group": G, "rate": edits/s per client, "duration": s, "drain": s}
 // Client i uses docs[floor(i / group)] and tokens[i] (as `?token=`, the browser form).
-// Each edit adds a comment record `comments["j<i>:<seq>"]` (a JSON string, as the coalition's
+// Each edit adds a comment record `comments["j<i>-<seq>"]` (a JSON string, as the coalition's
 // apps write them, so that the relay's checks accept it) whose text is performance.now(); every
 // client of the document that sees the key arrive (a `change` event patch) records now - text:
 // all clients share this process's clock. Prints one JSON line with the results on stdout. Every wait is bounded.
@@ -60,7 +60,7 @@ async function startClient(i) {
       await sleep(500)
     }
   }
-  const mine = `j${i}:`
+  const mine = `j${i}-`
   handle.on("change", ({ patches }) => {
     const now = performance.now()
     for (const p of patches) {
@@ -99,7 +99,7 @@ for (const c of clients) {
   const tick = () => {
     if (!editing) return
     c.seq++
-    const key = `j${c.i}:${c.seq}`
+    const key = `j${c.i}-${c.seq}`
     const comment = {
       id: key,
       kind: "comment",
