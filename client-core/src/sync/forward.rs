@@ -115,10 +115,11 @@ impl Arrived {
     }
 }
 
-/// The answer to a peer that holds everything we hold (it says so, and we know it holds or was
-/// sent all of it) but was not told our heads yet: typically the author of the changes that
-/// just arrived. Automerge would build the same message (our heads, what we have, no changes)
-/// after walking the changes since our last sync with it to find there are none to send.
+/// The answer to a peer that holds, or was sent, everything we hold but was not told our heads
+/// yet: typically the author of the changes that just arrived (which may not have received
+/// the last changes we sent it). Automerge would build the same message (our heads, what we
+/// have, no changes) after walking the changes since our last sync with it to find that the
+/// peer lacks none it was not already sent.
 /// `None` when the general path must decide.
 pub(super) fn acknowledgement(
     doc: &mut AutoCommit,
@@ -128,7 +129,6 @@ pub(super) fn acknowledgement(
     let heads = doc.get_heads();
     if heads.is_empty()
         || state.last_sent_heads == heads
-        || state.their_heads.as_ref() != Some(&heads)
         || !up_to_date(doc, state, caught_up, &heads, false)
     {
         return None;
