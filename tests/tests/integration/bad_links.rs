@@ -534,3 +534,226 @@ fn bad_links_udp_blocked_falls_back_to_websocket_and_back() {
     udp.set_blocked(false);
     linked("quic");
 }
+
+/// The relay's count of sync connections it accepted since it started (both transports).
+fn relay_connections(relay: &QuicRelay) -> u64 {
+    let (status, text) =
+        http_get(&format!("http://{}/metrics", relay.http), None).expect("the relay's metrics");
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix("coalition_connections_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no coalition_connections_total in {text}"))
+}
+
+/// Field notes in a store's comments.
+fn field_note_count(store: &Path) -> usize {
+    coalition_json(store, &["comments"])
+        .as_array()
+        .expect("comments")
+        .iter()
+        .filter(|c| {
+            c["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("field note "))
+        })
+        .count()
+}
+
+/// A device that changes networks in the middle of a sync keeps its QUIC connection (issue 5).
+/// Its UDP socket is replaced while a download is under way; the link simulator, like a NAT,
+/// gives the new socket a new address toward the relay, so the relay sees the device move,
+/// checks the new path, and the sync finishes on the same connection: no new handshake, no
+/// second connection at the relay.
+#[test]
+fn bad_links_a_device_that_changes_networks_mid_sync_keeps_its_connection() {
+    use coalition_core::transport::quic::{self, QuicTarget};
+    use coalition_core::transport::{sync_once_over, Congestion, SyncOptions};
+
+    let seed = seed("bad_links::migration");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay = QuicRelay::start(
+        tmp.path(),
+        &[("dario", "BHMAC", "nmac"), ("opal", "NPA", "operator")],
+    );
+    // About 200 KB of field notes to download.
+    let writer = tmp.path().join("writer");
+    relay.enroll(&writer, 1, relay.udp.port(), "writer");
+    let http = format!("http://{}", relay.http);
+    let s = sync_via(&writer, &http, &[], Duration::from_secs(30)).expect("writer's first sync");
+    assert!(complete(&s), "{s}");
+    field_notes(&writer, 40, 5_000, seed);
+    let s = sync_via(&writer, &http, &[], Duration::from_secs(60)).expect("writer sync");
+    assert!(complete(&s), "{s}");
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let spec = LinkSpec {
+        rtt: Duration::from_millis(100),
+        bandwidth: Some(1_000_000),
+        ..LinkSpec::clean()
+    };
+    let link = rt
+        .block_on(udp_proxy(relay.udp, spec, seed))
+        .expect("proxy");
+    let store = tmp.path().join("mover");
+    relay.enroll(&store, 0, link.addr().port(), "mover");
+    let connections_before = relay_connections(&relay);
+
+    let move_after = 50_000;
+    let (summary, migrator, moved_at, new_addr) = rt.block_on(async {
+        let mut db = coalition_core::store::Store::open(&store).expect("store");
+        let mut options = SyncOptions::from_store(&db, Some(&http)).expect("options");
+        options.timeout = Duration::from_secs(60);
+        let target = QuicTarget {
+            host: "127.0.0.1".to_owned(),
+            endpoint: options.quic.expect("the invite's QUIC endpoint"),
+            congestion: Congestion::default(),
+        };
+        let conn = tokio::time::timeout(
+            Duration::from_secs(30),
+            quic::connect(&target, &options.credential, Duration::from_secs(30)),
+        )
+        .await
+        .expect("connecting in time")
+        .expect("a QUIC connection");
+        let migrator = conn.migrator();
+        let old_addr = migrator.local_addr().expect("local address");
+        let mut on_event = |_: &coalition_core::transport::WatchEvent| {};
+        let mut sync = std::pin::pin!(sync_once_over(&mut db, &options, conn, &mut on_event));
+        // Run the sync until `move_after` bytes went through, then move to a new socket.
+        let started = Instant::now();
+        loop {
+            tokio::select! {
+                done = &mut sync => panic!(
+                    "the sync ended before the move, after {} B: {done:?}",
+                    link.counters().total()
+                ),
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+            if link.counters().total() >= move_after {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "no download");
+        }
+        let moved_at = link.counters().total();
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("a new socket");
+        let new_addr = socket.local_addr().expect("address");
+        assert_ne!(new_addr, old_addr);
+        migrator.rebind(socket).expect("rebind");
+        let summary = tokio::time::timeout(Duration::from_secs(90), sync)
+            .await
+            .expect("the sync ends")
+            .expect("the sync");
+        (summary, migrator, moved_at, new_addr)
+    });
+    assert_eq!(
+        summary.outcome,
+        coalition_core::transport::ws::Outcome::Complete,
+        "{summary:?} (seed {seed})"
+    );
+    assert_eq!(field_note_count(&store), 40, "seed {seed}");
+    let total = link.counters().total();
+    eprintln!(
+        "moved after {moved_at} B of {total} B; relay path checks answered: {}",
+        migrator.path_checks_answered()
+    );
+    // Most of the download came after the move, from the new address.
+    assert!(
+        total - moved_at > 100_000,
+        "only {} B after the move (seed {seed})",
+        total - moved_at
+    );
+    let clients = link.client_addresses();
+    assert_eq!(clients.len(), 2, "{clients:?}");
+    assert_eq!(clients[1], new_addr);
+    // The relay saw the connection move and checked the new path...
+    assert!(migrator.path_checks_answered() >= 1, "seed {seed}");
+    // ...and it stayed one connection.
+    assert_eq!(relay_connections(&relay), connections_before + 1);
+}
+
+/// A sync bounded by a byte budget (`coalition sync --budget`, for metered links) stops
+/// before a frame that would pass it, keeps what went through, says what still waits, and a
+/// later sync sends the rest (issue 5).
+#[test]
+fn bad_links_a_budgeted_sync_stops_within_it_and_a_later_sync_sends_the_rest() {
+    let seed = seed("bad_links::budget");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay = QuicRelay::start(
+        tmp.path(),
+        &[("dario", "BHMAC", "nmac"), ("opal", "NPA", "operator")],
+    );
+    let http = format!("http://{}", relay.http);
+    let writer = tmp.path().join("writer");
+    relay.enroll(&writer, 0, relay.udp.port(), "writer");
+    let reader = tmp.path().join("reader");
+    relay.enroll(&reader, 1, relay.udp.port(), "reader");
+    for store in [&writer, &reader] {
+        let s = sync_via(store, &http, &[], Duration::from_secs(30)).expect("first sync");
+        assert!(complete(&s), "{s}");
+    }
+    // About 120 KB of field notes written offline.
+    field_notes(&writer, 30, 4_000, seed);
+    let waiting = |store: &Path| -> u64 {
+        let status = coalition_json(store, &["status"]);
+        status["coalitions"]
+            .as_array()
+            .expect("coalitions")
+            .iter()
+            .flat_map(|c| c["unsent"].as_array().cloned().unwrap_or_default())
+            .map(|d| d["changes"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    assert!(waiting(&writer) >= 30);
+
+    let budget: u64 = 40_000;
+    let s = sync_via(
+        &writer,
+        &http,
+        &["--budget", &budget.to_string()],
+        Duration::from_secs(60),
+    )
+    .expect("a budgeted sync ends normally");
+    eprintln!("budgeted sync: {s}");
+    assert_eq!(s["outcome"], "budget_reached", "{s}");
+    let spent = s["stats"]["bytes_sent"].as_u64().expect("bytes sent")
+        + s["stats"]["bytes_received"]
+            .as_u64()
+            .expect("bytes received");
+    assert!(
+        spent <= budget,
+        "spent {spent} B of a {budget} B budget: {s}"
+    );
+    // It used the budget (most of it), and says what is still waiting.
+    assert!(spent > budget / 2, "spent only {spent} B: {s}");
+    assert!(s["unsent"].as_array().is_some_and(|u| !u.is_empty()), "{s}");
+    assert!(waiting(&writer) > 0, "status shows nothing waiting");
+    let status = coalition_json(&writer, &["status"]);
+    assert!(
+        status["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("budget")),
+        "{status}"
+    );
+    // What went through is on the relay: another device gets part of the notes.
+    let s = sync_via(&reader, &http, &[], Duration::from_secs(30)).expect("reader sync");
+    assert!(complete(&s), "{s}");
+    let partial = field_note_count(&reader);
+    assert!(
+        partial > 0 && partial < 30,
+        "{partial} of 30 notes after the budgeted sync\n{}",
+        relay.log_text()
+    );
+
+    // The next sync without a budget sends the rest.
+    let s = sync_via(&writer, &http, &[], Duration::from_secs(60)).expect("the rest");
+    assert!(complete(&s), "{s}");
+    assert_eq!(waiting(&writer), 0);
+    let s = sync_via(&reader, &http, &[], Duration::from_secs(30)).expect("reader sync");
+    assert!(complete(&s), "{s}");
+    assert_eq!(field_note_count(&reader), 30);
+}

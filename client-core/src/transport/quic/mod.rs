@@ -212,6 +212,7 @@ pub async fn connect(
         held: VecDeque::new(),
         ready: VecDeque::new(),
         early,
+        unanswered: false,
     })
 }
 
@@ -248,6 +249,8 @@ pub struct QuicLink {
     /// Frames ready to hand out.
     ready: VecDeque<Vec<u8>>,
     early: bool,
+    /// A frame went out after the relay's last frame: the relay may not have read it yet.
+    unanswered: bool,
 }
 
 impl QuicLink {
@@ -255,6 +258,7 @@ impl QuicLink {
     pub fn send(&mut self, frame: Vec<u8>) {
         if let Some(router) = &mut self.router {
             router.send(frame);
+            self.unanswered = true;
         }
     }
 
@@ -262,6 +266,7 @@ impl QuicLink {
     pub async fn recv(&mut self) -> QuicEvent {
         loop {
             if let Some(frame) = self.ready.pop_front() {
+                self.unanswered = false;
                 return QuicEvent::Frame(frame);
             }
             let Some(event) = self.events.recv().await else {
@@ -319,10 +324,22 @@ impl QuicLink {
         }
     }
 
-    /// Sends what is queued (waiting up to `limit` for the relay to take it) and closes.
+    /// Sends what is queued (waiting up to `limit` for the relay to take it, and, if the relay
+    /// has not answered since, to read it) and closes.
     pub async fn close(&mut self, limit: Duration) {
         if let Some(router) = self.router.take() {
             router.finish(limit).await;
+            if self.unanswered {
+                // Frames the relay has not answered may still sit unread in its buffers
+                // (a sync stopped at its budget ends right after its last frame): the relay
+                // closes once it has read every stream to its end.
+                if tokio::time::timeout(limit, self.conn.closed())
+                    .await
+                    .is_err()
+                {
+                    tracing::debug!("the relay did not close within {limit:?}");
+                }
+            }
         }
         tracing::debug!(stats = ?self.conn.stats(), "closing the QUIC connection");
         self.conn

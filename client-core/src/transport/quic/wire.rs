@@ -29,6 +29,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use quinn::{Connection, RecvStream, SendStream, TransportConfig, VarInt};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -200,6 +201,13 @@ pub enum StreamEvent {
 /// Reads every stream of `conn`: the control stream's receive half, and each document stream
 /// the peer opens. Frames go to `events` in the order each stream delivers them; the bounded
 /// channel pushes back on the peer through QUIC flow control when the reader is slow.
+///
+/// A peer that ends its sync finishes its document streams first and its control stream
+/// last ([`StreamRouter::finish`]). When the control stream ends, every document stream's
+/// bytes are already here (the peer waited for them to be acknowledged), but perhaps not yet
+/// read: the end is reported only after every document stream was read to its end, so no
+/// frame sent just before a close is lost (a sync stopped at its byte budget closes right
+/// after its last frame).
 pub fn spawn_readers(
     tasks: &mut JoinSet<()>,
     conn: Connection,
@@ -207,24 +215,54 @@ pub fn spawn_readers(
     max_frame: usize,
     events: mpsc::Sender<StreamEvent>,
 ) {
-    tasks.spawn(read_stream(control, true, max_frame, events.clone()));
     tasks.spawn(async move {
         // Each accepted stream gets its own reader task, owned by this one: when the
         // connection ends, the readers end with it.
         let mut readers = JoinSet::new();
+        let mut control = std::pin::pin!(read_stream(control, true, max_frame, events.clone()));
         loop {
-            match conn.accept_uni().await {
-                Ok(recv) => {
-                    readers.spawn(read_stream(recv, false, max_frame, events.clone()));
-                }
-                Err(e) => {
-                    report(&events, describe_connection_error(&e)).await;
+            tokio::select! {
+                accepted = conn.accept_uni() => match accepted {
+                    Ok(recv) => {
+                        readers.spawn(read_stream(recv, false, max_frame, events.clone()));
+                    }
+                    Err(e) => {
+                        report(&events, describe_connection_error(&e)).await;
+                        readers.shutdown().await;
+                        return;
+                    }
+                },
+                end = &mut control => {
+                    if end == StreamEnd::Failed {
+                        readers.shutdown().await;
+                        return;
+                    }
                     break;
                 }
             }
         }
-        readers.shutdown().await;
+        // The control stream ended cleanly: take the streams that arrived with it, read
+        // every one to its end, then say the peer is done.
+        while let Some(accepted) = conn.accept_uni().now_or_never() {
+            match accepted {
+                Ok(recv) => {
+                    readers.spawn(read_stream(recv, false, max_frame, events.clone()));
+                }
+                Err(_) => break,
+            }
+        }
+        while readers.join_next().await.is_some() {}
+        report(&events, "the peer closed the control stream".to_owned()).await;
     });
+}
+
+/// How a stream's reading ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamEnd {
+    /// The peer finished it between frames.
+    Clean,
+    /// It failed, or the channel closed; already reported.
+    Failed,
 }
 
 async fn read_stream(
@@ -232,7 +270,7 @@ async fn read_stream(
     control: bool,
     max_frame: usize,
     events: mpsc::Sender<StreamEvent>,
-) {
+) -> StreamEnd {
     loop {
         match read_frame(&mut recv, max_frame).await {
             Ok(Some(bytes)) => {
@@ -241,24 +279,19 @@ async fn read_stream(
                     .await
                     .is_err()
                 {
-                    return;
+                    return StreamEnd::Failed;
                 }
             }
-            Ok(None) => {
-                if control {
-                    report(&events, "the peer closed the control stream".to_owned()).await;
-                }
-                return;
-            }
+            Ok(None) => return StreamEnd::Clean,
             Err(FrameError::Read(quinn::ReadExactError::ReadError(
                 quinn::ReadError::ConnectionLost(e),
             ))) => {
                 report(&events, describe_connection_error(&e)).await;
-                return;
+                return StreamEnd::Failed;
             }
             Err(e) => {
                 report(&events, crate::transport::session::error_chain(&e)).await;
-                return;
+                return StreamEnd::Failed;
             }
         }
     }
@@ -302,6 +335,9 @@ pub struct StreamRouter {
     conn: Connection,
     control: mpsc::UnboundedSender<Vec<u8>>,
     docs: HashMap<DocumentId, mpsc::UnboundedSender<Vec<u8>>>,
+    /// The control stream's writer, finished last.
+    control_writer: JoinSet<()>,
+    /// The document streams' writers.
     writers: JoinSet<()>,
     events: mpsc::Sender<StreamEvent>,
 }
@@ -314,14 +350,15 @@ impl StreamRouter {
         control: SendStream,
         events: mpsc::Sender<StreamEvent>,
     ) -> StreamRouter {
-        let mut writers = JoinSet::new();
+        let mut control_writer = JoinSet::new();
         let (tx, rx) = mpsc::unbounded_channel();
-        writers.spawn(write_stream(control, rx, events.clone()));
+        control_writer.spawn(write_stream(control, rx, events.clone()));
         StreamRouter {
             conn,
             control: tx,
             docs: HashMap::new(),
-            writers,
+            control_writer,
+            writers: JoinSet::new(),
             events,
         }
     }
@@ -352,14 +389,21 @@ impl StreamRouter {
     }
 
     /// Ends every stream after what is queued on it and waits up to `limit` for the peer to
-    /// have received it all; then the connection can be closed without losing a frame.
+    /// have received it all: the document streams first, the control stream last, so that
+    /// the peer's reader ([`spawn_readers`]) knows every document frame is there when the
+    /// control stream ends.
     pub async fn finish(mut self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
         self.docs.clear();
+        let writers = async { while self.writers.join_next().await.is_some() {} };
+        if tokio::time::timeout_at(deadline, writers).await.is_err() {
+            tracing::debug!("the peer did not take every frame within {limit:?}");
+        }
         let (closed, _) = mpsc::unbounded_channel();
         self.control = closed;
-        let writers = async { while self.writers.join_next().await.is_some() {} };
-        if tokio::time::timeout(limit, writers).await.is_err() {
-            tracing::debug!("the peer did not take every frame within {limit:?}");
+        let control = async { while self.control_writer.join_next().await.is_some() {} };
+        if tokio::time::timeout_at(deadline, control).await.is_err() {
+            tracing::debug!("the peer did not take the control stream within {limit:?}");
         }
     }
 }
