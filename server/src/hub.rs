@@ -377,8 +377,6 @@ struct Batch {
     sources: BTreeSet<ConnId>,
     /// Documents refused in this batch: nothing more is sent about them.
     refused: HashSet<DocumentId>,
-    /// Heads of documents before this batch changed them, to find the new changes' actors.
-    heads_before: HashMap<DocumentId, (ConnId, Vec<automerge::ChangeHash>)>,
     /// Answers to send once the batch is saved (or failed to be).
     replies: Vec<(oneshot::Sender<Result<String, AppError>>, String)>,
     /// Changes refused in this batch, for the quarantine.
@@ -873,12 +871,6 @@ impl Hub {
             if !self.admit(conn, doc_id, &message, batch) {
                 return;
             }
-            if let Some(l) = self.docs.loaded.get_mut(&doc_id) {
-                batch
-                    .heads_before
-                    .entry(doc_id)
-                    .or_insert_with(|| (conn, l.doc.get_heads()));
-            }
         }
         if matches!(message, Message::Sync(_) | Message::Request(_)) {
             self.metrics.sync_rounds.fetch_add(1, Ordering::Relaxed);
@@ -1325,7 +1317,6 @@ impl Hub {
                             },
                         );
                         self.docs.provisional.insert(doc_id, conn);
-                        batch.heads_before.insert(doc_id, (conn, Vec::new()));
                         self.engine.doc_loaded(doc_id, &mut self.docs)
                     } else {
                         self.engine.doc_unavailable(doc_id)
@@ -1461,7 +1452,6 @@ impl Hub {
                 self.engine.forget_doc(doc_id);
                 self.docs.unload(&doc_id);
                 batch.refused.insert(doc_id);
-                batch.heads_before.remove(&doc_id);
                 if let Some(info) = self.conns.get_mut(&owner) {
                     info.refused.insert(doc_id);
                     info.docs.remove(&doc_id);
