@@ -13,6 +13,11 @@
 //! the message Automerge would have built, updating the peer's sync state the way
 //! `generate_sync_message` does. Peers in any other state (behind, asking for something,
 //! never heard from) get the general path.
+//!
+//! Two more common cases are taken here: the answer to the author of the changes (it holds
+//! everything, so the answer only tells it our heads: [`acknowledgement`]), and a message
+//! without changes, most often a peer acknowledging ours, which Automerge would apply only
+//! after a walk over the document's whole history ([`receive_without_changes`]).
 
 use automerge::sync::{self, BloomFilter, Have, MessageFlags, MessageVersion};
 use automerge::{AutoCommit, Change, ChangeHash};
