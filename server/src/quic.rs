@@ -370,7 +370,7 @@ async fn pump(
                 Some(Outgoing::Frame(bytes)) => router.send(bytes),
                 Some(Outgoing::Close { code, reason }) => {
                     // The engine's last words (an `error`) go out before the close.
-                    router.finish(Duration::from_secs(2)).await;
+                    router.finish(Duration::from_secs(2), false).await;
                     conn.close(VarInt::from_u32(u32::from(code)), reason.as_bytes());
                     return;
                 }

@@ -191,4 +191,13 @@ impl Link {
             Link::Quic(quic) => quic.close(Duration::from_secs(2)).await,
         }
     }
+
+    /// Ends the link right after frames the relay has not acted on yet, making sure it reads
+    /// them first. A WebSocket is one ordered pipe, so its close already comes after them.
+    pub(crate) async fn close_delivered(&mut self) {
+        match self {
+            Link::Ws(_) => self.close().await,
+            Link::Quic(quic) => quic.close_delivered(Duration::from_secs(5)).await,
+        }
+    }
 }

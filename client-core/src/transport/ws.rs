@@ -563,7 +563,7 @@ async fn drive<S: Future<Output = ()>>(
                 let spent = sent + session.stats().bytes_received;
                 if spent + len as u64 > budget {
                     withdraw(session, &mut outbox);
-                    link.close().await;
+                    link.close_delivered().await;
                     return end(Outcome::BudgetReached { budget });
                 }
             }
@@ -596,7 +596,7 @@ async fn drive<S: Future<Output = ()>>(
                             if spent >= budget {
                                 emit(session, on_event);
                                 withdraw(session, &mut outbox);
-                                link.close().await;
+                                link.close_delivered().await;
                                 return end(Outcome::BudgetReached { budget });
                             }
                         }

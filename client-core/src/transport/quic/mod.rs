@@ -212,7 +212,6 @@ pub async fn connect(
         held: VecDeque::new(),
         ready: VecDeque::new(),
         early,
-        unanswered: false,
     })
 }
 
@@ -249,8 +248,6 @@ pub struct QuicLink {
     /// Frames ready to hand out.
     ready: VecDeque<Vec<u8>>,
     early: bool,
-    /// A frame went out after the relay's last frame: the relay may not have read it yet.
-    unanswered: bool,
 }
 
 impl QuicLink {
@@ -258,7 +255,6 @@ impl QuicLink {
     pub fn send(&mut self, frame: Vec<u8>) {
         if let Some(router) = &mut self.router {
             router.send(frame);
-            self.unanswered = true;
         }
     }
 
@@ -266,7 +262,6 @@ impl QuicLink {
     pub async fn recv(&mut self) -> QuicEvent {
         loop {
             if let Some(frame) = self.ready.pop_front() {
-                self.unanswered = false;
                 return QuicEvent::Frame(frame);
             }
             let Some(event) = self.events.recv().await else {
@@ -324,23 +319,32 @@ impl QuicLink {
         }
     }
 
-    /// Sends what is queued (waiting up to `limit` for the relay to take it, and, if the relay
-    /// has not answered since, to read it) and closes.
+    /// Sends what is queued (waiting up to `limit` for the relay to take it) and closes.
     pub async fn close(&mut self, limit: Duration) {
         if let Some(router) = self.router.take() {
-            router.finish(limit).await;
-            if self.unanswered {
-                // Frames the relay has not answered may still sit unread in its buffers
-                // (a sync stopped at its budget ends right after its last frame): the relay
-                // closes once it has read every stream to its end.
-                if tokio::time::timeout(limit, self.conn.closed())
-                    .await
-                    .is_err()
-                {
-                    tracing::debug!("the relay did not close within {limit:?}");
-                }
+            router.finish(limit, false).await;
+        }
+        self.close_now().await;
+    }
+
+    /// Like [`Self::close`], for frames the relay has not acted on yet (a sync stopped at its
+    /// byte budget ends right after its last frame): they could still sit unread in the
+    /// relay's buffers when the connection closes. The streams end in order and the relay,
+    /// having read them all, closes first; this waits for that (up to `limit`).
+    pub async fn close_delivered(&mut self, limit: Duration) {
+        if let Some(router) = self.router.take() {
+            router.finish(limit, true).await;
+            if tokio::time::timeout(limit, self.conn.closed())
+                .await
+                .is_err()
+            {
+                tracing::debug!("the relay did not close within {limit:?}");
             }
         }
+        self.close_now().await;
+    }
+
+    async fn close_now(&mut self) {
         tracing::debug!(stats = ?self.conn.stats(), "closing the QUIC connection");
         self.conn
             .close(VarInt::from_u32(wire::CLOSE_DONE), b"sync finished");

@@ -389,21 +389,29 @@ impl StreamRouter {
     }
 
     /// Ends every stream after what is queued on it and waits up to `limit` for the peer to
-    /// have received it all: the document streams first, the control stream last, so that
-    /// the peer's reader ([`spawn_readers`]) knows every document frame is there when the
-    /// control stream ends.
-    pub async fn finish(mut self, limit: Duration) {
+    /// have received it all; then the connection can be closed without losing a frame in
+    /// transit. With `ordered`, the document streams end first and the control stream only
+    /// once they are acknowledged, so that the peer's reader ([`spawn_readers`]) has every
+    /// document frame when the control stream ends and reads them all before reporting the
+    /// end: for a close right after frames the peer has not acted on yet. It costs a round
+    /// trip more.
+    pub async fn finish(mut self, limit: Duration, ordered: bool) {
         let deadline = tokio::time::Instant::now() + limit;
         self.docs.clear();
-        let writers = async { while self.writers.join_next().await.is_some() {} };
-        if tokio::time::timeout_at(deadline, writers).await.is_err() {
-            tracing::debug!("the peer did not take every frame within {limit:?}");
+        if ordered {
+            let writers = async { while self.writers.join_next().await.is_some() {} };
+            if tokio::time::timeout_at(deadline, writers).await.is_err() {
+                tracing::debug!("the peer did not take every frame within {limit:?}");
+            }
         }
         let (closed, _) = mpsc::unbounded_channel();
         self.control = closed;
-        let control = async { while self.control_writer.join_next().await.is_some() {} };
-        if tokio::time::timeout_at(deadline, control).await.is_err() {
-            tracing::debug!("the peer did not take the control stream within {limit:?}");
+        let all = async {
+            while self.writers.join_next().await.is_some() {}
+            while self.control_writer.join_next().await.is_some() {}
+        };
+        if tokio::time::timeout_at(deadline, all).await.is_err() {
+            tracing::debug!("the peer did not take every frame within {limit:?}");
         }
     }
 }
