@@ -78,8 +78,12 @@ impl Relay {
                     // Short: every frame to a device carries it.
                     format!("relay-{}", &crate::admin::random_actor()[..6])
                 })?;
-                let storage_id =
-                    auth.meta_or_init("storage_id", || uuid::Uuid::new_v4().to_string())?;
+                let storage_id = auth.meta_or_init("storage_id", || {
+                    // 128 random bits, short too: the `peer` answer to every connection
+                    // carries it. A relay keeps the one it made first (devices key their sync
+                    // states with us by it).
+                    bs58::encode(uuid::Uuid::new_v4().as_bytes()).into_string()
+                })?;
                 let hub_store = Store::open(&data)?;
                 let reads = Store::open(&data)?;
                 // The hub's own connection to `auth.db`, to tell who made each change.
