@@ -1420,9 +1420,12 @@ fn error_action(conn: ConnId, error: EngineError) -> Action {
 /// A message is applied all or nothing: automerge's answer to a peer that lacks much of a
 /// document is one message holding the whole saved document (a v2 message), and a link cut
 /// before its last byte loses all of it. Here such a catch-up is made again as a v1 message
-/// (changes one by one: a few times the bytes of a saved document for small changes, but they
-/// can be split) and its changes are dealt into pieces of at most `cap` bytes in causal order,
-/// so each piece applies on arrival and the peer stores it and moves its sync state forward.
+/// (changes one by one, which can be split) and its changes are dealt into pieces of at most
+/// `cap` bytes in causal order, so each piece applies on arrival and the peer stores it and
+/// moves its sync state forward. When the changes one by one take more than
+/// [`WHOLE_DOCUMENT_FACTOR`] times the saved document (thousands of small records compress
+/// tens of times together), the saved document goes whole: sending it twice after a cut
+/// still costs less than the pieces.
 ///
 /// Every piece carries our heads. Only the last carries our `have` and `need`: a piece with an
 /// empty `have` and `need` asks the peer for nothing, so it waits for the last piece (which
@@ -1442,17 +1445,26 @@ fn bounded_messages(
     }
     let message = if message.version == sync::MessageVersion::V2 {
         // Make the same message again without the whole-document shortcut.
-        *state = before;
+        let whole = message;
+        let after_whole = std::mem::replace(state, before);
         let capabilities = state.their_capabilities.clone();
         if let Some(caps) = &mut state.their_capabilities {
             caps.retain(|c| *c != sync::Capability::MessageV2);
         }
         let again = doc.sync().generate_sync_message(state);
         state.their_capabilities = capabilities;
-        match again {
-            Some(m) => m,
-            None => return Vec::new(),
+        let Some(again) = again else {
+            return Vec::new();
+        };
+        let bytes = |m: &sync::Message| m.changes.iter().map(<[u8]>::len).sum::<usize>();
+        if bytes(&again) > WHOLE_DOCUMENT_FACTOR * bytes(&whole) {
+            // Changes one by one cost much more than the saved document (many small changes
+            // compress well together): send the document whole. Even if a cut makes it go
+            // twice, that is less than the pieces would have cost.
+            *state = after_whole;
+            return vec![whole];
         }
+        again
     } else {
         message
     };
@@ -1493,6 +1505,10 @@ fn bounded_messages(
         })
         .collect()
 }
+
+/// How many times the bytes of a saved document a catch-up's changes, one by one, may take
+/// and still be sent in pieces (see [`bounded_messages`]).
+const WHOLE_DOCUMENT_FACTOR: usize = 2;
 
 /// Whether a sync message is a piece of a larger one that [`bounded_messages`] split: it
 /// carries changes but says nothing of what its sender has or needs. Automerge never sends
@@ -2074,11 +2090,10 @@ mod tests {
         let id = DocumentId::new_random();
         let mut doc = AutoCommit::new();
         for i in 0..200 {
-            // Little that compresses, so that even a saved document passes the cap.
-            let text: String = (0..4)
-                .map(|_| format!("{:032x}", rand::random::<u128>()))
-                .collect();
-            doc.put(ROOT, format!("k{i}"), text).expect("put");
+            // Nothing that compresses, so that even a saved document passes the cap and the
+            // changes one by one cost about as much as it.
+            doc.put(ROOT, format!("k{i}"), random_bytes(128))
+                .expect("put");
             doc.commit_with(CommitOptions::default().with_time(1_700_000_000 + i));
         }
         let expected = doc.get_heads();
@@ -2142,12 +2157,44 @@ mod tests {
         );
     }
 
+    fn random_bytes(n: usize) -> automerge::ScalarValue {
+        automerge::ScalarValue::Bytes((0..n).map(|_| rand::random::<u8>()).collect())
+    }
+
+    #[test]
+    fn a_catch_up_of_many_small_changes_goes_as_the_saved_document() {
+        // A thousand small records: one by one they take many times the saved document.
+        let mut doc = AutoCommit::new();
+        for i in 0..1_000 {
+            doc.put(ROOT, format!("entry-{}", i % 100), i).expect("put");
+            doc.commit_with(CommitOptions::default().with_time(1_700_000_000 + i));
+        }
+        let mut state = sync::State::new();
+        state.their_heads = Some(Vec::new());
+        state.their_need = Some(Vec::new());
+        state.their_have = Some(vec![sync::Have::default()]);
+        state.their_capabilities = Some(vec![sync::Capability::MessageV2]);
+        let saved = doc.save().len();
+        let messages = bounded_messages(&mut doc, &mut state, saved / 4);
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].version, sync::MessageVersion::V2);
+        let mut fresh = AutoCommit::new();
+        let mut fresh_state = sync::State::new();
+        fresh
+            .sync()
+            .receive_sync_message(&mut fresh_state, messages[0].clone())
+            .expect("receive");
+        assert_eq!(fresh.get_heads(), doc.get_heads());
+        // And the state moved on as for a message sent: nothing goes twice.
+        assert!(state.in_flight);
+        assert_eq!(state.last_sent_heads, doc.get_heads());
+    }
+
     #[test]
     fn changes_are_dealt_into_pieces_in_causal_order() {
         let mut doc = AutoCommit::new();
         for i in 0..50 {
-            doc.put(ROOT, "k", format!("{:032x}", rand::random::<u128>()))
-                .expect("put");
+            doc.put(ROOT, "k", random_bytes(256)).expect("put");
             doc.commit_with(CommitOptions::default().with_time(1_700_000_000 + i));
         }
         let mut changes: Vec<Vec<u8>> = doc
