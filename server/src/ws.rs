@@ -31,6 +31,9 @@ pub const MAX_FRAME: usize = 64 * 1024 * 1024;
 /// connections the largest part of a busy relay's memory.
 const READ_BUFFER: usize = 8 * 1024;
 
+/// How long a closing connection waits for the peer's close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
 /// WebSocket close code for a message over the size limit.
 const CLOSE_TOO_BIG: u16 = 1009;
 
@@ -79,6 +82,22 @@ async fn supervise(socket: WebSocket, conn: ConnId, device: Arc<DeviceAuth>, sta
         hub.send(Event::Closed { conn }).await;
     }
     metrics.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// After our close frame: read (and drop) what the peer still sends until its own close, for a
+/// short while. Dropping the socket with its frames unread would reset the TCP connection, and
+/// a peer that was sending fast (the one a rate limit closes) would lose our close frame and
+/// never learn why.
+async fn finish_closing(stream: &mut futures_util::stream::SplitStream<WebSocket>) {
+    // A peer that has not closed by then is cut off all the same: the timeout is the answer.
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        while let Some(Ok(message)) = stream.next().await {
+            if matches!(message, WsMessage::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 async fn run(socket: WebSocket, conn: ConnId, device: Arc<DeviceAuth>, hub: HubHandle) {
@@ -139,7 +158,12 @@ async fn run(socket: WebSocket, conn: ConnId, device: Arc<DeviceAuth>, hub: HubH
                 }
                 Some(Outgoing::Close { code, reason }) => {
                     let frame = CloseFrame { code, reason: reason.into() };
-                    let _ = tokio::time::timeout(SEND_TIMEOUT, sink.send(WsMessage::Close(Some(frame)))).await;
+                    let sent = tokio::time::timeout(SEND_TIMEOUT, sink.send(WsMessage::Close(Some(frame)))).await;
+                    if matches!(sent, Ok(Ok(()))) {
+                        finish_closing(&mut stream).await;
+                    } else {
+                        tracing::debug!(%conn, "the close frame could not be sent");
+                    }
                     break;
                 }
                 // The hub dropped us (slow peer) or stopped.
