@@ -580,7 +580,14 @@ impl<'s> Session<'s> {
         let mut todo: VecDeque<Action> = actions.into();
         while let Some(action) = todo.pop_front() {
             match action {
-                Action::Send { message, .. } => self.outbox.push_back(message.encode()),
+                Action::Send { message, .. } => {
+                    if let Some(id) = carries_changes(&message) {
+                        // The relay answers changes with its new heads: until then they are
+                        // not known to be there, and the sync is not over.
+                        self.answered.remove(&id);
+                    }
+                    self.outbox.push_back(message.encode());
+                }
                 Action::Disconnect { reason, .. } => {
                     self.ready = false;
                     if let DisconnectReason::RemoteError(text) = &reason {
@@ -640,6 +647,8 @@ impl<'s> Session<'s> {
                 Action::ChangesRefused {
                     doc_id, changes, ..
                 } => {
+                    // The refusal is the relay's answer about them.
+                    self.answered.insert(doc_id);
                     todo.extend(self.set_aside(doc_id, &changes)?);
                 }
                 Action::Error { error, .. } => {
@@ -823,6 +832,15 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// The document a `sync` or `request` message sends changes of, if it sends any.
+fn carries_changes(message: &Message) -> Option<DocumentId> {
+    let (Message::Sync(m) | Message::Request(m)) = message else {
+        return None;
+    };
+    let decoded = automerge::sync::Message::decode(&m.data).ok()?;
+    (!decoded.changes.is_empty()).then_some(m.document_id)
 }
 
 #[cfg(test)]
