@@ -1197,18 +1197,10 @@ impl SyncEngine {
         docs: &mut dyn DocumentSource,
         out: &mut Vec<Action>,
     ) {
-        let sender_id = self.config.peer_id.clone();
         let Some(doc) = docs.get_mut(&doc_id) else {
             return;
         };
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return;
-        };
-        let Phase::Ready { peer_id, .. } = &c.phase else {
-            return;
-        };
-        let target_id = peer_id.clone();
-        let Some(peer_doc) = c.docs.get_mut(&doc_id) else {
+        let Some((target_id, peer_doc)) = ready_peer_doc(&mut self.conns, conn, doc_id) else {
             return;
         };
         if nothing_to_send(doc, &peer_doc.state) {
@@ -1217,16 +1209,7 @@ impl SyncEngine {
         if let Some(message) =
             forward::acknowledgement(doc, &mut peer_doc.state, peer_doc.caught_up.as_deref())
         {
-            out.push(Action::Send {
-                conn,
-                message: Message::Sync(SyncMessage {
-                    sender_id,
-                    target_id,
-                    document_id: doc_id,
-                    data: message.encode(),
-                }),
-            });
-            self.persist_if_changed(conn, doc_id, out);
+            self.send_sync(conn, doc_id, target_id, message, out);
             return;
         }
         let pieces = bounded_messages(doc, &mut peer_doc.state, self.config.max_message_changes);
@@ -1238,6 +1221,7 @@ impl SyncEngine {
         let is_request = doc.get_heads().is_empty()
             && peer_doc.state.shared_heads.is_empty()
             && peer_doc.status == PeerDocStatus::Unknown;
+        let sender_id = &self.config.peer_id;
         for piece in pieces {
             let payload = SyncMessage {
                 sender_id: sender_id.clone(),
@@ -1267,39 +1251,43 @@ impl SyncEngine {
         docs: &mut dyn DocumentSource,
         out: &mut Vec<Action>,
     ) -> bool {
-        let sender_id = self.config.peer_id.clone();
-        let Some(doc) = docs.get_mut(&doc_id) else {
-            return false;
-        };
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return false;
-        };
-        let Phase::Ready { peer_id, .. } = &c.phase else {
-            return false;
-        };
-        let target_id = peer_id.clone();
-        let Some(peer_doc) = c.docs.get_mut(&doc_id) else {
-            return false;
-        };
         if arrived.byte_len() > self.config.max_message_changes {
             // Large: the general path splits it into pieces.
             return false;
         }
+        let Some(doc) = docs.get_mut(&doc_id) else {
+            return false;
+        };
+        let Some((target_id, peer_doc)) = ready_peer_doc(&mut self.conns, conn, doc_id) else {
+            return false;
+        };
         let Some(message) = arrived.message_for(doc, &mut peer_doc.state, &mut peer_doc.caught_up)
         else {
             return false;
         };
+        self.send_sync(conn, doc_id, target_id, message, out);
+        true
+    }
+
+    /// Sends one `sync` message to a peer, and hands over its sync state if that changed.
+    fn send_sync(
+        &mut self,
+        conn: ConnId,
+        doc_id: DocumentId,
+        target_id: PeerId,
+        message: sync::Message,
+        out: &mut Vec<Action>,
+    ) {
         out.push(Action::Send {
             conn,
             message: Message::Sync(SyncMessage {
-                sender_id,
+                sender_id: self.config.peer_id.clone(),
                 target_id,
                 document_id: doc_id,
                 data: message.encode(),
             }),
         });
         self.persist_if_changed(conn, doc_id, out);
-        true
     }
 
     /// Hands the sync state to the owner if its persistent part changed since last time.
@@ -1397,6 +1385,21 @@ fn sender_caught_up(
         }
         None => caught_up,
     }
+}
+
+/// The remote peer id and the sync state of a document on a connection whose handshake is
+/// done.
+fn ready_peer_doc(
+    conns: &mut BTreeMap<ConnId, Connection>,
+    conn: ConnId,
+    doc_id: DocumentId,
+) -> Option<(PeerId, &mut PeerDoc)> {
+    let c = conns.get_mut(&conn)?;
+    let Phase::Ready { peer_id, .. } = &c.phase else {
+        return None;
+    };
+    let target_id = peer_id.clone();
+    Some((target_id, c.docs.get_mut(&doc_id)?))
 }
 
 fn connection(phase: Phase, now: Instant) -> Connection {
