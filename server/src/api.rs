@@ -117,6 +117,9 @@ pub struct EnrollResponse {
     pub coalitions: Vec<String>,
     /// The relay's peer id in the sync protocol.
     pub server_peer_id: String,
+    /// The relay's storage id in the sync protocol: with it (and the peer id) a device offers
+    /// its documents along with its first `join`, without waiting for the relay's `peer`.
+    pub server_storage_id: String,
 }
 
 async fn enroll(
@@ -142,6 +145,7 @@ async fn enroll(
         role: enrolled.role,
         coalitions: enrolled.coalitions,
         server_peer_id: state.server_peer_id().to_string(),
+        server_storage_id: state.server_storage_id().to_string(),
     }))
 }
 

@@ -13,9 +13,11 @@
 //! configured. Devices check it against the SHA-256 pin of its public key that their invite
 //! carries; [`QuicIdentity::pin`] is what `serve --demo` and `admin invite` print.
 //!
-//! 0-RTT is accepted: only the `hello` and the `join` can come in it (the device sends
-//! document messages after the relay's `peer`), and both are idempotent, so a replay
-//! changes nothing. Connection migration is on (a device that changes networks keeps its
+//! 0-RTT is accepted, and what a device may send in it is safe to act on when replayed: the
+//! `hello`, the `join`, and its first sync message for each document. Applying a change the
+//! relay already holds changes nothing, a replayed sync message only makes the relay answer
+//! on a connection whose keys the replayer does not have, and every change is screened
+//! against its author's rights whatever connection brings it. Connection migration is on (a device that changes networks keeps its
 //! connection); keep-alive, idle timeout and congestion controller are the device's.
 
 use std::net::SocketAddr;
@@ -46,6 +48,9 @@ pub const KEY_FILE: &str = "quic-key.pem";
 
 /// How long a device has to send its credential after the handshake.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// TLS sessions kept for resumption.
+const SESSION_CACHE: usize = 8192;
 
 /// The largest `hello` (a credential is 69 bytes).
 const MAX_HELLO: usize = 4096;
@@ -158,6 +163,10 @@ impl QuicIdentity {
         tls.alpn_protocols = vec![wire::ALPN.to_vec()];
         // QUIC allows only 0 or u32::MAX here (RFC 9001, section 4.6.1).
         tls.max_early_data_size = u32::MAX;
+        // Sessions a device can resume (with 0-RTT) are kept in memory, each taken once (so a
+        // recorded first flight cannot be replayed into a second connection). rustls keeps
+        // 256 by default; a relay serves thousands of devices (a few hundred bytes each).
+        tls.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
         let quic = QuicServerConfig::try_from(tls).map_err(|e| {
             QuicSetupError::Tls(rustls::Error::General(format!("no QUIC cipher suite: {e}")))
         })?;
@@ -352,11 +361,25 @@ async fn pump(
     let mut tasks = JoinSet::new();
     wire::spawn_readers(&mut tasks, conn.clone(), recv, MAX_FRAME, events_tx.clone());
     let mut router = StreamRouter::new(conn.clone(), send, events_tx);
+    // A device sends its `join` on the control stream and its first document messages on
+    // their own streams in the same flight; they can be read in any order, and the hub must
+    // see the `join` first. Held frames are bounded by the streams' flow control.
+    let mut joined = false;
+    let mut held: Vec<Vec<u8>> = Vec::new();
     loop {
         tokio::select! {
             event = events.recv() => match event {
-                Some(StreamEvent::Frame { bytes, .. }) => {
-                    if !hub.send(Event::Frame { conn: id, bytes }).await {
+                Some(StreamEvent::Frame { bytes, control }) => {
+                    if !joined && !control {
+                        held.push(bytes);
+                        continue;
+                    }
+                    joined = true;
+                    let mut ok = hub.send(Event::Frame { conn: id, bytes }).await;
+                    for bytes in held.drain(..) {
+                        ok = ok && hub.send(Event::Frame { conn: id, bytes }).await;
+                    }
+                    if !ok {
                         break;
                     }
                 }

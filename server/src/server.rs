@@ -95,7 +95,7 @@ impl Relay {
         let mut engine = EngineConfig::new(PeerId::new(peer_id.clone()));
         // A storage id tells peers to keep their sync state with us across reconnects.
         engine.metadata = PeerMetadata {
-            storage_id: Some(StorageId::new(storage_id)),
+            storage_id: Some(StorageId::new(storage_id.clone())),
             is_ephemeral: false,
         };
         let feed = crate::events::channel();
@@ -110,7 +110,7 @@ impl Relay {
             metrics.clone(),
             Some(Authors::new(hub_auth)),
         )?;
-        let state = AppState::new(auth, reads, hub.clone(), metrics, peer_id, feed);
+        let state = AppState::new(auth, reads, hub.clone(), metrics, peer_id, storage_id, feed);
         let tasks = vec![
             tokio::spawn(ticker(hub.clone())),
             tokio::spawn(watch_revocations(state.clone())),

@@ -26,6 +26,7 @@ struct Shared {
     hub: HubHandle,
     metrics: Arc<Metrics>,
     server_peer_id: String,
+    server_storage_id: String,
     next_conn: AtomicU64,
     /// Where the hub announces saved changes (see [`crate::events`]).
     feed: FeedSender,
@@ -39,6 +40,7 @@ impl AppState {
         hub: HubHandle,
         metrics: Arc<Metrics>,
         server_peer_id: String,
+        server_storage_id: String,
         feed: FeedSender,
     ) -> AppState {
         AppState {
@@ -48,6 +50,7 @@ impl AppState {
                 hub,
                 metrics,
                 server_peer_id,
+                server_storage_id,
                 next_conn: AtomicU64::new(1),
                 feed,
             }),
@@ -72,6 +75,11 @@ impl AppState {
     /// The relay's peer id in the sync protocol.
     pub fn server_peer_id(&self) -> &str {
         &self.inner.server_peer_id
+    }
+
+    /// The relay's storage id in the sync protocol.
+    pub fn server_storage_id(&self) -> &str {
+        &self.inner.server_storage_id
     }
 
     /// A fresh connection id.

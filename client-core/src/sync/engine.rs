@@ -339,6 +339,8 @@ enum Phase {
 enum Stage {
     AwaitingJoin,
     AwaitingPeer,
+    /// Ready with a peer taken as known ([`SyncEngine::connect_expecting`]) until its `peer`.
+    Expecting,
     Ready,
 }
 
@@ -346,7 +348,7 @@ impl Stage {
     fn describe(self) -> &'static str {
         match self {
             Stage::AwaitingJoin => "waiting for `join`",
-            Stage::AwaitingPeer => "waiting for `peer`",
+            Stage::AwaitingPeer | Stage::Expecting => "waiting for `peer`",
             Stage::Ready => "syncing",
         }
     }
@@ -364,11 +366,21 @@ impl Phase {
 
 struct Connection {
     phase: Phase,
+    /// The peer's own handshake message arrived (a [`Phase::Ready`] connection may be ready
+    /// only on the strength of what the peer was last time: [`SyncEngine::connect_expecting`]).
+    confirmed: bool,
     opened_at: Instant,
     docs: BTreeMap<DocumentId, PeerDoc>,
 }
 
 impl Connection {
+    fn stage(&self) -> Stage {
+        match self.phase.stage() {
+            Stage::Ready if !self.confirmed => Stage::Expecting,
+            stage => stage,
+        }
+    }
+
     fn peer(&self) -> Option<(&PeerId, &PeerMetadata)> {
         match &self.phase {
             Phase::Ready { peer_id, metadata } => Some((peer_id, metadata)),
@@ -433,6 +445,7 @@ impl SyncEngine {
     pub fn peers(&self) -> impl Iterator<Item = (ConnId, &PeerId, &PeerMetadata)> {
         self.conns
             .iter()
+            .filter(|(_, c)| c.confirmed)
             .filter_map(|(conn, c)| c.peer().map(|(id, meta)| (*conn, id, meta)))
     }
 
@@ -449,6 +462,31 @@ impl SyncEngine {
                 supported_protocol_versions: vec![PROTOCOL_V1.to_owned()],
             }),
         }]
+    }
+
+    /// Like [`Self::connect`], to a peer met before: its id and metadata from last time are
+    /// taken as given, so every shared document is offered at once, in the same flight as the
+    /// `join`, instead of a round trip later (over QUIC with a resumed session, in 0-RTT
+    /// data). The handshake still has to finish: until the peer's `peer` arrives the
+    /// connection is not in [`Self::peers`] and the handshake timeout runs. When that `peer`
+    /// names another peer or storage (the relay's data was reset, say), the offers made under
+    /// the old identity are dropped and made again from that storage's sync states; the peer
+    /// answers the first ones from its own state, which is always safe in the sync protocol,
+    /// only longer.
+    pub fn connect_expecting(
+        &mut self,
+        conn: ConnId,
+        now: Instant,
+        peer_id: PeerId,
+        metadata: PeerMetadata,
+        docs: &mut dyn DocumentSource,
+    ) -> Vec<Action> {
+        let mut out = self.connect(conn, now);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.phase = Phase::Ready { peer_id, metadata };
+        }
+        self.offer_shared(conn, docs, &mut out);
+        out
     }
 
     /// A peer opened a connection to us (we are the receiving peer, e.g. the relay): waits for
@@ -519,13 +557,15 @@ impl SyncEngine {
         docs: &mut dyn DocumentSource,
     ) -> Vec<Action> {
         let mut out = self.handle_timeout(now);
-        let Some(stage) = self.conns.get(&conn).map(|c| c.phase.stage()) else {
+        let Some(stage) = self.conns.get(&conn).map(Connection::stage) else {
             out.push(error_action(conn, EngineError::UnknownConnection(conn)));
             return out;
         };
         match (stage, message) {
             (Stage::AwaitingJoin, Message::Join(join)) => self.on_join(conn, join, docs, &mut out),
-            (Stage::AwaitingPeer, Message::Peer(peer)) => self.on_peer(conn, peer, docs, &mut out),
+            (Stage::AwaitingPeer | Stage::Expecting, Message::Peer(peer)) => {
+                self.on_peer(conn, peer, docs, &mut out)
+            }
             (
                 Stage::Ready,
                 Message::Error(ErrorMessage {
@@ -599,7 +639,7 @@ impl SyncEngine {
         let expired: Vec<ConnId> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.peer().is_none() && now >= c.opened_at + timeout)
+            .filter(|(_, c)| !c.confirmed && now >= c.opened_at + timeout)
             .map(|(conn, _)| *conn)
             .collect();
         let mut out = Vec::new();
@@ -618,7 +658,7 @@ impl SyncEngine {
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.conns
             .values()
-            .filter(|c| c.peer().is_none())
+            .filter(|c| !c.confirmed)
             .map(|c| c.opened_at + self.config.handshake_timeout)
             .min()
     }
@@ -830,17 +870,33 @@ impl SyncEngine {
                 reason: DisconnectReason::Replaced,
             });
         }
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.phase = Phase::Ready {
-                peer_id: peer_id.clone(),
-                metadata: metadata.clone(),
-            };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        // Offers already made to the peer we expected stand if it is that peer.
+        let expected = c
+            .peer()
+            .is_some_and(|(id, meta)| *id == peer_id && *meta == metadata);
+        if !expected {
+            c.docs.clear();
         }
+        c.phase = Phase::Ready {
+            peer_id: peer_id.clone(),
+            metadata: metadata.clone(),
+        };
+        c.confirmed = true;
         out.push(Action::PeerConnected {
             conn,
             peer_id,
             metadata,
         });
+        if !expected {
+            self.offer_shared(conn, docs, out);
+        }
+    }
+
+    /// Offers every shared document to a ready connection.
+    fn offer_shared(&mut self, conn: ConnId, docs: &mut dyn DocumentSource, out: &mut Vec<Action>) {
         let shared: Vec<DocumentId> = self.shared.iter().copied().collect();
         for doc_id in shared {
             if docs.get_mut(&doc_id).is_none() {
@@ -1405,6 +1461,7 @@ fn ready_peer_doc(
 fn connection(phase: Phase, now: Instant) -> Connection {
     Connection {
         phase,
+        confirmed: false,
         opened_at: now,
         docs: BTreeMap::new(),
     }
@@ -2068,6 +2125,162 @@ mod tests {
         assert!(
             persisted * 5 < fresh,
             "persisted {persisted} bytes vs fresh {fresh} bytes"
+        );
+    }
+
+    /// A client that synced a document with the relay, then both restarted and the client
+    /// edited it offline: returns the network (documents on disk, fresh engines), the
+    /// document, and the client's heads.
+    fn edited_offline() -> (Net, DocumentId, Vec<automerge::ChangeHash>) {
+        let mut net = client_and_relay();
+        let id = DocumentId::new_random();
+        net.nodes[CLIENT]
+            .store
+            .loaded
+            .insert(id, doc_with("k", "first"));
+        net.connect(CLIENT, RELAY, CONN);
+        net.share(CLIENT, id);
+        net.disconnect(CLIENT, CONN);
+        for node in &mut net.nodes {
+            let config = node.engine.config.clone();
+            node.engine = SyncEngine::new(config);
+            let docs = std::mem::take(&mut node.store.loaded);
+            node.store.on_disk.extend(docs);
+        }
+        let mut doc = net.nodes[CLIENT].store.on_disk.remove(&id).expect("doc");
+        doc.put(ROOT, "offline", "edit").expect("put");
+        doc.commit_with(CommitOptions::default().with_time(1_800_000_000));
+        let heads = doc.get_heads();
+        net.nodes[CLIENT].store.loaded.insert(id, doc);
+        (net, id, heads)
+    }
+
+    /// Opens `conn` from the client to the relay, the client taking the relay to be
+    /// `storage`; returns the client's messages sent before it heard anything.
+    fn connect_expecting(net: &mut Net, conn: ConnId, storage: &str) -> Vec<Message> {
+        net.links.insert((CLIENT, conn), (RELAY, conn));
+        net.links.insert((RELAY, conn), (CLIENT, conn));
+        net.nodes[RELAY].engine.accept(conn, net.now);
+        let n = &mut net.nodes[CLIENT];
+        let metadata = PeerMetadata {
+            storage_id: Some(StorageId::from(storage)),
+            is_ephemeral: false,
+        };
+        let actions = n.engine.connect_expecting(
+            conn,
+            net.now,
+            PeerId::from("relay"),
+            metadata,
+            &mut n.store,
+        );
+        let first: Vec<Message> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send { message, .. } => Some(message.clone()),
+                _ => None,
+            })
+            .collect();
+        net.handle(CLIENT, actions);
+        first
+    }
+
+    #[test]
+    fn a_relay_met_before_gets_the_offline_edit_with_the_join() {
+        let (mut net, id, heads) = edited_offline();
+        let n = &mut net.nodes[CLIENT];
+        let actions = n.engine.share_doc(id, &mut n.store);
+        assert!(
+            actions.iter().all(|a| !matches!(a, Action::Send { .. })),
+            "nothing goes out before a connection: {actions:?}"
+        );
+        let first = connect_expecting(&mut net, ConnId(2), "relay-store");
+        // The join, then the change itself: from the persisted state the client knows what
+        // the relay holds, so it does not wait for the relay's `peer` or its heads.
+        assert!(matches!(first.first(), Some(Message::Join(_))), "{first:?}");
+        let Some(Message::Sync(offer)) = first.get(1) else {
+            panic!("no offer with the join: {first:?}");
+        };
+        let offer = sync::Message::decode(&offer.data).expect("offer");
+        assert_eq!(offer.heads, heads);
+        assert_eq!(offer.changes.len(), 1, "the offline change");
+        assert!(net.nodes[CLIENT].engine.peers().next().is_none());
+
+        let sent_before = net.bytes_sent;
+        net.run();
+        let relay_doc = net.nodes[RELAY]
+            .store
+            .loaded
+            .get_mut(&id)
+            .expect("relay doc");
+        assert_eq!(relay_doc.get_heads(), heads);
+        assert_eq!(net.nodes[CLIENT].engine.peers().count(), 1, "confirmed");
+        for node in &net.nodes {
+            assert!(node.errors.is_empty(), "{:?}", node.errors);
+            assert!(node.disconnects.is_empty(), "{:?}", node.disconnects);
+        }
+        // The relay's `peer` and its answer; the client has nothing more to say: one round trip.
+        let after = net.bytes_sent - sent_before;
+        assert!(after < 400, "{after} bytes after the first flight");
+    }
+
+    #[test]
+    fn a_relay_that_is_not_the_one_expected_gets_the_offers_again() {
+        let (mut net, id, heads) = edited_offline();
+        let n = &mut net.nodes[CLIENT];
+        n.engine.share_doc(id, &mut n.store);
+        // The client expects storage it never synced with: a fresh state, so its first
+        // message carries no change.
+        let first = connect_expecting(&mut net, ConnId(2), "another-relay-store");
+        assert_eq!(first.len(), 2, "{first:?}");
+        net.run();
+        let relay_doc = net.nodes[RELAY]
+            .store
+            .loaded
+            .get_mut(&id)
+            .expect("relay doc");
+        assert_eq!(relay_doc.get_heads(), heads);
+        assert_eq!(client_heads(&mut net, id), heads);
+        for node in &net.nodes {
+            assert!(node.errors.is_empty(), "{:?}", node.errors);
+            assert!(node.disconnects.is_empty(), "{:?}", node.disconnects);
+        }
+        // The states the client keeps are under the relay's real storage id.
+        assert!(net.nodes[CLIENT]
+            .store
+            .sync_states
+            .contains_key(&(id, StorageId::from("relay-store"))));
+    }
+
+    #[test]
+    fn an_expected_peer_that_never_answers_times_out() {
+        let (mut net, id, _) = edited_offline();
+        let n = &mut net.nodes[CLIENT];
+        n.engine.share_doc(id, &mut n.store);
+        net.links.insert((CLIENT, ConnId(2)), (RELAY, ConnId(2)));
+        let n = &mut net.nodes[CLIENT];
+        let metadata = PeerMetadata {
+            storage_id: Some(StorageId::from("relay-store")),
+            is_ephemeral: false,
+        };
+        let start = net.now;
+        n.engine.connect_expecting(
+            ConnId(2),
+            start,
+            PeerId::from("relay"),
+            metadata,
+            &mut n.store,
+        );
+        let deadline = n.engine.poll_timeout().expect("a handshake deadline");
+        let actions = n.engine.handle_timeout(deadline);
+        assert!(
+            actions.iter().any(|a| matches!(
+                a,
+                Action::Disconnect {
+                    reason: DisconnectReason::HandshakeTimeout,
+                    ..
+                }
+            )),
+            "{actions:?}"
         );
     }
 

@@ -54,6 +54,9 @@ pub struct Enrollment {
     /// The relay's peer id in the sync protocol.
     #[serde(default)]
     pub server_peer_id: String,
+    /// The relay's storage id in the sync protocol (relays before it was sent: empty).
+    #[serde(default)]
+    pub server_storage_id: String,
 }
 
 /// What [`enroll`] set up.
@@ -258,6 +261,7 @@ pub fn enroll(
     store.set_meta(keys::DEVICE_ID, &answer.device_id)?;
     store.set_meta(keys::ROLE, &answer.role)?;
     store.set_meta(keys::SERVER_PEER_ID, &answer.server_peer_id)?;
+    store.set_meta(keys::SERVER_STORAGE_ID, &answer.server_storage_id)?;
     super::set_quic_endpoint(store, invite.quic.as_ref())?;
     add_synced_coalitions(store, &coalitions)?;
     Ok(Enrolled {

@@ -60,8 +60,11 @@ pub mod keys {
     pub const DEVICE_ID: &str = "device_id";
     /// The role the invite granted.
     pub const ROLE: &str = "role";
-    /// The relay's peer id, as enrollment reported it.
+    /// The relay's peer id, as enrollment or the last handshake reported it.
     pub const SERVER_PEER_ID: &str = "server_peer_id";
+    /// The relay's storage id, as enrollment or the last handshake reported it: the device
+    /// keeps its sync states with the relay under it.
+    pub const SERVER_STORAGE_ID: &str = "server_storage_id";
     /// JSON array of the coalition ids (manifest documents) this device syncs.
     pub const COALITIONS: &str = "sync_coalitions";
     /// This store's storage id in the sync protocol: the relay keeps its sync state with us

@@ -16,8 +16,10 @@
 //!   own frames stay in order): one small recent change is not held behind a large initial
 //!   load. With a [`SyncOptions::budget`], it stops before a frame that would pass it and
 //!   leaves the rest for the next sync.
-//! - [`sync_once`] runs one exchange until it is quiet (every shared document answered and no
-//!   frame for [`SyncOptions::settle`]) or [`SyncOptions::timeout`] passes.
+//! - [`sync_once`] runs one exchange until it is done (every shared document answered with
+//!   heads equal to ours), quiet (every document answered and no frame for
+//!   [`SyncOptions::settle`]: a refusal or an unavailable document leaves heads apart) or
+//!   [`SyncOptions::timeout`] passes.
 //! - [`watch`] stays connected, merges edits other processes write to the store, and
 //!   reconnects with exponential backoff and jitter when the link drops; it stops when its
 //!   `shutdown` future completes or the credential is refused.
@@ -183,7 +185,8 @@ pub struct SyncOptions {
     pub peer_id: PeerId,
     /// Our storage id (stable for the life of the store).
     pub storage_id: StorageId,
-    /// How long the exchange must be silent, with every document answered, to count as done.
+    /// How long the exchange must be silent, with every document answered, to count as done
+    /// when some document's heads still differ from the relay's.
     pub settle: Duration,
     /// How long [`sync_once`] may take in all before it reports what is left unanswered.
     pub timeout: Duration,
@@ -576,7 +579,14 @@ async fn drive<S: Future<Output = ()>>(
             }
         }
         let settled = session.all_answered() && outbox.is_empty() && (dirty || !watching);
-        let settle_at = last_activity + options.settle;
+        // The relay's last word on every document is heads equal to ours: a one-off sync has
+        // nothing left to wait for (what other devices send from now on is the next sync's).
+        let in_step = settled && !watching && session.unsent().is_empty();
+        let settle_at = if in_step {
+            Instant::now()
+        } else {
+            last_activity + options.settle
+        };
         let engine_at = session.poll_timeout().map(Instant::from_std);
         let deadline = match mode {
             Mode::Once { deadline } => Some(deadline),

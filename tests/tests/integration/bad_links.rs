@@ -24,13 +24,30 @@ struct QuicRelay {
     pin: String,
     invites: Vec<String>,
     log: PathBuf,
+    data: PathBuf,
 }
 
 impl QuicRelay {
     fn start(dir: &Path, people: &[(&str, &str, &str)]) -> QuicRelay {
         let data = dir.join("relay-data");
         let (_, invites) = coalition_with_invites(&data, people);
-        let log = dir.join("relay.log");
+        QuicRelay::spawn(data, dir.join("relay.log"), invites)
+    }
+
+    /// Stops the relay (SIGKILL) and starts it again on the same data, on new ports.
+    fn restart(self) -> QuicRelay {
+        let QuicRelay {
+            _child,
+            invites,
+            log,
+            data,
+            ..
+        } = self;
+        drop(_child);
+        QuicRelay::spawn(data, log, invites)
+    }
+
+    fn spawn(data: PathBuf, log: PathBuf, invites: Vec<String>) -> QuicRelay {
         for _ in 0..5 {
             let http: SocketAddr = ([127, 0, 0, 1], free_port()).into();
             let udp = std::net::UdpSocket::bind("127.0.0.1:0")
@@ -63,6 +80,7 @@ impl QuicRelay {
                         pin,
                         invites,
                         log,
+                        data,
                     };
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -536,6 +554,16 @@ fn bad_links_udp_blocked_falls_back_to_websocket_and_back() {
 }
 
 /// The relay's count of sync connections it accepted since it started (both transports).
+fn open_connections(relay: &QuicRelay) -> i64 {
+    let (status, text) =
+        http_get(&format!("http://{}/metrics", relay.http), None).expect("the relay's metrics");
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix("coalition_connections "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no coalition_connections in {text}"))
+}
+
 fn relay_connections(relay: &QuicRelay) -> u64 {
     let (status, text) =
         http_get(&format!("http://{}/metrics", relay.http), None).expect("the relay's metrics");
@@ -756,4 +784,93 @@ fn bad_links_a_budgeted_sync_stops_within_it_and_a_later_sync_sends_the_rest() {
     let s = sync_via(&reader, &http, &[], Duration::from_secs(30)).expect("reader sync");
     assert!(complete(&s), "{s}");
     assert_eq!(field_note_count(&reader), 30);
+}
+
+/// A device that syncs again within one process (the mobile library, `sync --watch`) resumes
+/// its QUIC session: its `hello`, `join` and the offer of its new edit go in 0-RTT data, and
+/// the sync is one round trip (issue 5). A relay that restarted no longer knows the session
+/// and refuses that early data; the link sends it all again once the handshake is done, and
+/// the sync still completes on that connection.
+#[test]
+fn bad_links_a_resumed_session_sends_its_edit_early_even_to_a_restarted_relay() {
+    use coalition_core::transport::quic::{self, QuicTarget};
+    use coalition_core::transport::{sync_once_over, Congestion, SyncOptions, SyncSummary};
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay = QuicRelay::start(
+        tmp.path(),
+        &[("dario", "BHMAC", "nmac"), ("mira", "BHMAC", "nmac")],
+    );
+    let store = tmp.path().join("device");
+    relay.enroll(&store, 0, relay.udp.port(), "device");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let sync = |relay: &QuicRelay| -> (SyncSummary, bool) {
+        rt.block_on(async {
+            let mut db = coalition_core::store::Store::open(&store).expect("store");
+            let http = format!("http://{}", relay.http);
+            let mut options = SyncOptions::from_store(&db, Some(&http)).expect("options");
+            options.timeout = Duration::from_secs(60);
+            let target = QuicTarget {
+                host: "127.0.0.1".to_owned(),
+                endpoint: options.quic.expect("the invite's QUIC endpoint"),
+                congestion: Congestion::default(),
+            };
+            let link = quic::connect(&target, &options.credential, Duration::from_secs(30))
+                .await
+                .expect("a QUIC connection");
+            let early = link.was_early();
+            let mut on_event = |_: &coalition_core::transport::WatchEvent| {};
+            let summary = sync_once_over(&mut db, &options, link, &mut on_event)
+                .await
+                .expect("the sync");
+            (summary, early)
+        })
+    };
+    let done = |summary: &SyncSummary| {
+        summary.outcome == coalition_core::transport::ws::Outcome::Complete
+            && summary.unsent.is_empty()
+            && summary.stats.refused.is_empty()
+    };
+
+    let (first, early) = sync(&relay);
+    assert!(done(&first), "{first:?}");
+    assert!(!early, "no session to resume yet");
+
+    coalition_json(&store, &["comment", "--text", "sent early"]);
+    let (second, early) = sync(&relay);
+    assert!(early, "the session resumes");
+    // `unsent` is empty: the relay answered with heads that include the edit.
+    assert!(done(&second), "{second:?}");
+    // The device's close reached the relay: the connection is gone long before the idle
+    // timeout.
+    let end = Instant::now() + Duration::from_secs(3);
+    while open_connections(&relay) != 0 {
+        assert!(Instant::now() < end, "the relay still holds the connection");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let relay = relay.restart();
+    point_quic_at(&store, relay.udp.port(), &relay.pin);
+    coalition_json(&store, &["comment", "--text", "sent again after a refusal"]);
+    let (third, early) = sync(&relay);
+    assert!(early, "the device still holds the old session's ticket");
+    assert!(done(&third), "{third:?}");
+
+    // A new device sees both edits on the relay.
+    let other = tmp.path().join("other");
+    relay.enroll(&other, 1, relay.udp.port(), "other");
+    let s = sync_via(
+        &other,
+        &format!("http://{}", relay.http),
+        &[],
+        Duration::from_secs(30),
+    )
+    .expect("the other device's sync");
+    assert!(complete(&s), "{s}");
+    assert!(has_comment(&other, "sent early"));
+    assert!(has_comment(&other, "sent again after a refusal"));
 }

@@ -7,10 +7,13 @@
 //! the TLS session and sends its `hello` and `join` in 0-RTT, and the congestion controller
 //! is ours to choose (BBR by default, as random radio loss is not congestion).
 //!
-//! 0-RTT data can be replayed by anyone who recorded it, so only the credential `hello` and
-//! the `join` go early: both are idempotent and a replay learns nothing (the replayer cannot
-//! read the answers). Document messages leave only after the relay's `peer`, which needs the
-//! full handshake.
+//! 0-RTT data can be replayed by anyone who recorded it, so what goes early must be safe to
+//! act on twice: the credential `hello`, the `join`, and the first sync message of each
+//! document (a device that met the relay before offers its documents with the `join`, see
+//! [`crate::sync::SyncEngine::connect_expecting`]). Applying a change twice changes nothing,
+//! and a replayer cannot read the answers. A relay that no longer knows the session (it
+//! restarted, or dropped it from its cache) refuses the early data; the link then sends it
+//! all again, on new streams, once the handshake is done.
 //!
 //! - [`pin`]: the pin, the invite format that carries it, and the verifier;
 //! - [`wire`]: the stream layout and framing shared with the relay;
@@ -26,7 +29,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use quinn::crypto::rustls::QuicClientConfig;
-use quinn::{Connection, Endpoint, VarInt};
+use quinn::{Connection, Endpoint, VarInt, ZeroRttAccepted};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -35,6 +38,9 @@ use self::wire::{Congestion, StreamEvent, StreamRouter};
 use super::enroll::ApiErrorBody;
 use super::session::error_chain;
 use crate::sync::Message;
+
+/// How long closing waits for the close frame to leave.
+const CLOSE_WAIT: Duration = Duration::from_millis(20);
 
 /// The largest frame a device accepts: a whole document's first sync comes in one message.
 pub const MAX_FRAME: usize = 256 << 20;
@@ -181,9 +187,9 @@ pub async fn connect(
         .connect(addr, wire::SERVER_NAME)
         .map_err(|source| QuicError::Start { addr, source })?;
     let (conn, early) = match connecting.into_0rtt() {
-        Ok((conn, _accepted)) => (conn, true),
+        Ok((conn, accepted)) => (conn, Some(accepted)),
         Err(connecting) => match tokio::time::timeout(timeout, connecting).await {
-            Ok(Ok(conn)) => (conn, false),
+            Ok(Ok(conn)) => (conn, None),
             Ok(Err(source)) => return Err(QuicError::Handshake { addr, source }),
             Err(_) => return Err(QuicError::TimedOut { addr, timeout }),
         },
@@ -196,11 +202,8 @@ pub async fn connect(
     wire::write_frame(&mut send, credential.as_bytes())
         .await
         .map_err(|e| control_err(error_chain(&e)))?;
-    tracing::debug!(%addr, early, "QUIC connected");
-    let (events_tx, events) = mpsc::channel(64);
-    let mut tasks = JoinSet::new();
-    wire::spawn_readers(&mut tasks, conn.clone(), recv, MAX_FRAME, events_tx.clone());
-    let router = StreamRouter::new(conn.clone(), send, events_tx);
+    tracing::debug!(%addr, early = early.is_some(), "QUIC connected");
+    let (router, events, tasks) = streams(&conn, send, recv);
     Ok(QuicLink {
         endpoint,
         conn,
@@ -211,8 +214,35 @@ pub async fn connect(
         peer_seen: false,
         held: VecDeque::new(),
         ready: VecDeque::new(),
-        early,
+        was_early: early.is_some(),
+        early: early.map(|accepted| Early {
+            accepted,
+            credential: credential.to_owned(),
+            frames: Vec::new(),
+        }),
     })
+}
+
+/// Readers and writers for a connection's streams, from its control stream.
+fn streams(
+    conn: &Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) -> (StreamRouter, mpsc::Receiver<StreamEvent>, JoinSet<()>) {
+    let (events_tx, events) = mpsc::channel(64);
+    let mut tasks = JoinSet::new();
+    wire::spawn_readers(&mut tasks, conn.clone(), recv, MAX_FRAME, events_tx.clone());
+    let router = StreamRouter::new(conn.clone(), send, events_tx);
+    (router, events, tasks)
+}
+
+/// A connection whose first flight went as 0-RTT data, until the handshake says whether the
+/// relay took it: what to send again if it did not.
+struct Early {
+    accepted: ZeroRttAccepted,
+    credential: String,
+    /// Frames sent so far, in order.
+    frames: Vec<Vec<u8>>,
 }
 
 /// What a [`QuicLink`] delivers.
@@ -247,13 +277,18 @@ pub struct QuicLink {
     held: VecDeque<Vec<u8>>,
     /// Frames ready to hand out.
     ready: VecDeque<Vec<u8>>,
-    early: bool,
+    /// Set while the relay has not said whether it takes the 0-RTT data.
+    early: Option<Early>,
+    was_early: bool,
 }
 
 impl QuicLink {
     /// Queues a frame on its stream; never waits.
     pub fn send(&mut self, frame: Vec<u8>) {
         if let Some(router) = &mut self.router {
+            if let Some(early) = &mut self.early {
+                early.frames.push(frame.clone());
+            }
             router.send(frame);
         }
     }
@@ -264,7 +299,26 @@ impl QuicLink {
             if let Some(frame) = self.ready.pop_front() {
                 return QuicEvent::Frame(frame);
             }
-            let Some(event) = self.events.recv().await else {
+            let event = tokio::select! {
+                // First: when the relay refuses the early data, the streams it never saw fail
+                // at the same moment, and those failures must not end the link.
+                biased;
+                accepted = async {
+                    match self.early.as_mut() {
+                        Some(early) => (&mut early.accepted).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if accepted {
+                        self.early = None;
+                    } else if let Err(reason) = self.send_again().await {
+                        return QuicEvent::Closed(reason);
+                    }
+                    continue;
+                }
+                event = self.events.recv() => event,
+            };
+            let Some(event) = event else {
                 return QuicEvent::Closed("the connection ended".to_owned());
             };
             match event {
@@ -290,9 +344,41 @@ impl QuicLink {
         }
     }
 
-    /// Whether the first flight went as 0-RTT data.
+    /// The relay refused the 0-RTT data: sends the `hello` and every frame since again, on
+    /// new streams (the refused ones never reached it). Cancel-safe: nothing changes until the
+    /// new control stream is open.
+    async fn send_again(&mut self) -> Result<(), String> {
+        let (send, recv) = self
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| wire::describe_connection_error(&e))?;
+        let Some(early) = self.early.take() else {
+            return Ok(());
+        };
+        tracing::debug!(
+            frames = early.frames.len(),
+            "the relay refused the 0-RTT data; sending it again"
+        );
+        let (mut router, events, tasks) = streams(&self.conn, send, recv);
+        router.send_control(early.credential.into_bytes());
+        for frame in early.frames {
+            router.send(frame);
+        }
+        self.router = Some(router);
+        self.events = events;
+        self._tasks = tasks;
+        self.welcomed = false;
+        self.peer_seen = false;
+        self.held.clear();
+        self.ready.clear();
+        Ok(())
+    }
+
+    /// Whether the first flight went as 0-RTT data (the relay may still have refused it; the
+    /// link then sent it again).
     pub fn was_early(&self) -> bool {
-        self.early
+        self.was_early
     }
 
     /// The relay's address as the connection last saw it.
@@ -348,12 +434,15 @@ impl QuicLink {
         tracing::debug!(stats = ?self.conn.stats(), "closing the QUIC connection");
         self.conn
             .close(VarInt::from_u32(wire::CLOSE_DONE), b"sync finished");
-        // Let the close frame leave before the socket goes.
-        if tokio::time::timeout(Duration::from_millis(500), self.endpoint.wait_idle())
+        // The close frame leaves on the connection driver's next turn, so that the relay
+        // lets the connection go at once rather than at its idle timeout. Waiting for the
+        // endpoint to go idle would also sit out the draining period (three probe timeouts:
+        // seconds on a satellite link) for nothing; a short wait lets the driver run.
+        if tokio::time::timeout(CLOSE_WAIT, self.endpoint.wait_idle())
             .await
             .is_err()
         {
-            tracing::debug!("the QUIC close was not confirmed");
+            tracing::trace!("the QUIC connection is still draining");
         }
     }
 }

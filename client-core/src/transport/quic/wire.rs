@@ -388,6 +388,13 @@ impl StreamRouter {
         }
     }
 
+    /// Queues a frame on the control stream, whatever it is (the credential `hello`).
+    pub fn send_control(&mut self, frame: Vec<u8>) {
+        if self.control.send(frame).is_err() {
+            tracing::debug!("a frame for the QUIC control stream was dropped: its writer stopped");
+        }
+    }
+
     /// Ends every stream after what is queued on it and waits up to `limit` for the peer to
     /// have received it all; then the connection can be closed without losing a frame in
     /// transit. With `ordered`, the document streams end first and the control stream only
