@@ -556,6 +556,38 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// Every stored document of a coalition (its manifest included) with its kind and owner,
+    /// without loading them.
+    pub fn doc_infos(
+        &self,
+        coalition: &DocumentId,
+    ) -> Result<Vec<(DocumentId, DocKind, Option<String>)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT doc_id, kind, owner FROM documents WHERE coalition_id = ?1 ORDER BY doc_id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([coalition.to_string()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, kind, owner) = row.map_err(|e| self.err(e))?;
+            // Rows this version cannot read are left out: the manifest still lists them.
+            if let (Ok(id), Ok(kind)) = (id.parse(), kind.parse()) {
+                out.push((id, kind, owner));
+            }
+        }
+        Ok(out)
+    }
+
     /// The coalition, kind and owner of a stored document, without loading it.
     pub fn doc_info(
         &self,

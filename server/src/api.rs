@@ -20,6 +20,7 @@ use chrono::NaiveDate;
 use coalition_core::report::{conflicts, history, HistoryFilter, Report};
 use coalition_core::store::{Store, StoreError};
 use coalition_core::sync::DocumentId;
+use coalition_core::transport::enroll::KnownDocument;
 use coalition_core::Coalition;
 use serde::{Deserialize, Serialize};
 
@@ -120,6 +121,9 @@ pub struct EnrollResponse {
     /// The relay's storage id in the sync protocol: with it (and the peer id) a device offers
     /// its documents along with its first `join`, without waiting for the relay's `peer`.
     pub server_storage_id: String,
+    /// The documents held for those coalitions (any member may read them all): a new device
+    /// asks for every one in its first flight.
+    pub documents: Vec<KnownDocument>,
 }
 
 async fn enroll(
@@ -137,6 +141,28 @@ async fn enroll(
         .enrollments
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(device = %enrolled.device_id, user = %enrolled.user, org = %enrolled.org, "device enrolled");
+    let coalitions = enrolled.coalitions.clone();
+    let documents = state
+        .with_store(move |store| {
+            let mut out = Vec::new();
+            for coalition in &coalitions {
+                // The device learns the documents from the manifest a round trip later.
+                let Ok(id) = coalition.parse::<DocumentId>() else {
+                    tracing::warn!(%coalition, "an enrollment names a coalition id that does not parse");
+                    continue;
+                };
+                for (doc, kind, owner) in store.doc_infos(&id).map_err(AppError::internal)? {
+                    out.push(KnownDocument {
+                        id: doc.to_string(),
+                        coalition: coalition.clone(),
+                        kind,
+                        owner,
+                    });
+                }
+            }
+            Ok(out)
+        })
+        .await?;
     Ok(Json(EnrollResponse {
         credential: enrolled.credential,
         device_id: enrolled.device_id,
@@ -146,6 +172,7 @@ async fn enroll(
         coalitions: enrolled.coalitions,
         server_peer_id: state.server_peer_id().to_string(),
         server_storage_id: state.server_storage_id().to_string(),
+        documents,
     }))
 }
 

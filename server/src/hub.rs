@@ -56,8 +56,8 @@ use coalition_core::sync::message::{
     DocUnavailableMessage, ErrorMessage, RefusedChange, RefusedChanges, SyncMessage,
 };
 use coalition_core::sync::{
-    Action, ConnId, DisconnectReason, DocumentId, DocumentSource, EngineConfig, Message, StorageId,
-    SyncEngine,
+    Action, ConnId, DisconnectReason, DocumentId, DocumentSource, EngineConfig, Listing, Message,
+    StorageId, SyncEngine,
 };
 use coalition_core::Identity;
 use tokio::sync::{mpsc, oneshot};
@@ -1216,6 +1216,79 @@ impl Hub {
         false
     }
 
+    /// What a device that skips documents in step is behind on: each document of its
+    /// coalitions whose heads differ from the shared heads of our sync state with its storage,
+    /// or with no such state (it may hold the document all the same); the others are in step.
+    /// All are loaded and count as synced by the connection (changes to any of them go to
+    /// it). `None` when the store cannot tell: the device then offers everything.
+    fn behind_of(&mut self, conn: ConnId, storage: &StorageId) -> Option<Listing> {
+        let (coalitions, org) = match self.conns.get(&conn) {
+            Some(info) => (info.device.coalitions.clone(), info.device.org.clone()),
+            None => return None,
+        };
+        let mut listing = Listing::default();
+        for coalition in coalitions {
+            // An organisation the coalition no longer lists reads nothing of it.
+            let member = self
+                .roles_of(&coalition)
+                .get(&org)
+                .is_some_and(|r| !r.is_empty());
+            if !member {
+                continue;
+            }
+            let listed = match self.docs.store.doc_infos(&coalition) {
+                Ok(listed) => listed,
+                Err(error) => {
+                    tracing::warn!(%coalition, %error, "cannot list a coalition's documents");
+                    return None;
+                }
+            };
+            for (doc_id, _, _) in listed {
+                if self.docs.ensure_loaded(&doc_id) != Lookup::Stored {
+                    // Not readable here now; the device's own offer will hear the same.
+                    continue;
+                }
+                let shared = match self.docs.store.sync_state(&doc_id, storage.as_str()) {
+                    Ok(Some(bytes)) => automerge::sync::State::decode(&bytes)
+                        .map(|s| s.shared_heads)
+                        .ok(),
+                    Ok(None) => None,
+                    Err(error) => {
+                        tracing::warn!(%doc_id, %error, "cannot read a sync state");
+                        return None;
+                    }
+                };
+                let Some(loaded) = self.docs.loaded.get_mut(&doc_id) else {
+                    continue;
+                };
+                let mut heads = loaded.doc.get_heads();
+                heads.sort();
+                let in_step = shared.is_some_and(|mut shared| {
+                    shared.sort();
+                    shared == heads
+                });
+                if in_step {
+                    listing.in_step.push(doc_id);
+                } else {
+                    listing.behind.push(doc_id);
+                }
+            }
+        }
+        let all: Vec<DocumentId> = listing
+            .behind
+            .iter()
+            .chain(&listing.in_step)
+            .copied()
+            .collect();
+        for doc_id in &all {
+            self.docs.touch(doc_id);
+        }
+        if let Some(info) = self.conns.get_mut(&conn) {
+            info.docs.extend(all);
+        }
+        Some(listing)
+    }
+
     /// Unknown here: only a peer that brings data may create a document (the engine then asks
     /// us with `DocumentRequested`); a plain request is answered like a missing document.
     fn brings_data(message: &Message) -> bool {
@@ -1277,6 +1350,7 @@ impl Hub {
                     conn,
                     peer_id,
                     metadata,
+                    ..
                 } => {
                     tracing::info!(%conn, %peer_id, storage_id = ?metadata.storage_id, "peer connected");
                 }
@@ -1325,6 +1399,11 @@ impl Hub {
                 }
                 Action::DocumentUnavailable { doc_id } => {
                     tracing::debug!(%doc_id, "document unavailable from peers");
+                }
+                Action::ListBehind { conn, storage_id } => {
+                    let behind = self.behind_of(conn, &storage_id);
+                    let more = self.engine.answer_join(conn, behind, &mut self.docs);
+                    self.perform(more, batch);
                 }
                 Action::Ephemeral { .. } => {}
                 Action::Error { conn, error } => {

@@ -98,6 +98,8 @@ impl Relay {
             storage_id: Some(StorageId::new(storage_id.clone())),
             is_ephemeral: false,
         };
+        // Devices that skip documents in step are told which ones they are behind on.
+        engine.lists_behind = true;
         let feed = crate::events::channel();
         let (hub, hub_thread) = hub::spawn(
             HubConfig {

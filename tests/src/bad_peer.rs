@@ -446,6 +446,7 @@ pub fn join(peer: &str) -> Vec<u8> {
             is_ephemeral: true,
         },
         supported_protocol_versions: vec!["1".into()],
+        skips_in_step: false,
     })
     .encode()
 }
@@ -660,6 +661,7 @@ pub fn seed_sessions(fx: &mut Fixtures) -> Result<Vec<(&'static str, Session)>> 
                     target_id: relay(),
                     peer_metadata: PeerMetadata::default(),
                     selected_protocol_version: "1".into(),
+                    behind: None,
                 })
                 .encode(),
             ],

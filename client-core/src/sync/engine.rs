@@ -113,6 +113,10 @@ pub struct EngineConfig {
     /// goes alone). A larger catch-up is sent as several messages, each applied and stored on
     /// arrival, so a link cut half way loses at most one of them.
     pub max_message_changes: usize,
+    /// Answer a `join` that skips documents in step ([`JoinMessage::skips_in_step`]) by
+    /// asking the owner which documents the peer is behind on ([`Action::ListBehind`]),
+    /// instead of with a plain `peer`. For a relay that can tell.
+    pub lists_behind: bool,
 }
 
 impl EngineConfig {
@@ -125,6 +129,7 @@ impl EngineConfig {
             max_pending_messages: 64,
             ephemeral_dedup_window: 1000,
             max_message_changes: DEFAULT_MAX_MESSAGE_CHANGES,
+            lists_behind: false,
         }
     }
 }
@@ -175,6 +180,26 @@ pub enum Action {
         peer_id: PeerId,
         /// What it said about itself.
         metadata: PeerMetadata,
+        /// When we left documents in step out of our offers and asked it to list what we are
+        /// behind on: whether its `peer` did ([`PeerMessage::behind`]).
+        lists_behind: Option<bool>,
+    },
+    /// Documents not offered on this connection because their heads equal the shared heads
+    /// persisted with the peer, which the peer confirmed it has nothing newer of: they are in
+    /// step, nothing more will come about them unless someone changes them.
+    InStep {
+        /// The connection.
+        conn: ConnId,
+        /// The documents.
+        docs: Vec<DocumentId>,
+    },
+    /// A peer joined that skips documents in step: tell [`SyncEngine::answer_join`] which
+    /// documents it may lack something of (with [`EngineConfig::lists_behind`]).
+    ListBehind {
+        /// The connection.
+        conn: ConnId,
+        /// The peer's storage, under which our sync states with it are kept.
+        storage_id: StorageId,
     },
     /// A peer's changes were applied to the document: persist it.
     DocumentChanged {
@@ -296,6 +321,15 @@ pub enum EngineError {
     TooManyPendingMessages(DocumentId),
 }
 
+/// What a relay found of a joining peer's documents, for [`SyncEngine::answer_join`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// Documents the peer may lack something of.
+    pub behind: Vec<DocumentId>,
+    /// Documents in step with it.
+    pub in_step: Vec<DocumentId>,
+}
+
 /// What we know of a peer's copy of one document.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum PeerDocStatus {
@@ -369,6 +403,10 @@ struct Connection {
     /// The peer's own handshake message arrived (a [`Phase::Ready`] connection may be ready
     /// only on the strength of what the peer was last time: [`SyncEngine::connect_expecting`]).
     confirmed: bool,
+    /// Until confirmed: leave out documents in step with the expected peer.
+    skip_in_step: bool,
+    /// Documents left out that way, to settle when the peer answers.
+    skipped: BTreeSet<DocumentId>,
     opened_at: Instant,
     docs: BTreeMap<DocumentId, PeerDoc>,
 }
@@ -460,6 +498,7 @@ impl SyncEngine {
                 sender_id: self.config.peer_id.clone(),
                 peer_metadata: self.config.metadata.clone(),
                 supported_protocol_versions: vec![PROTOCOL_V1.to_owned()],
+                skips_in_step: false,
             }),
         }]
     }
@@ -473,19 +512,82 @@ impl SyncEngine {
     /// the old identity are dropped and made again from that storage's sync states; the peer
     /// answers the first ones from its own state, which is always safe in the sync protocol,
     /// only longer.
+    ///
+    /// With `skip_in_step` (for a peer that listed what we were behind on last time), documents
+    /// whose heads equal the shared heads persisted with it are not offered at all: the `join`
+    /// asks the peer to list, in its `peer`, the documents it has news of, and to send them.
+    /// The rest are then in step ([`Action::InStep`]). A peer that does not list them gets
+    /// them offered when its `peer` arrives.
     pub fn connect_expecting(
         &mut self,
         conn: ConnId,
         now: Instant,
         peer_id: PeerId,
         metadata: PeerMetadata,
+        skip_in_step: bool,
         docs: &mut dyn DocumentSource,
     ) -> Vec<Action> {
         let mut out = self.connect(conn, now);
         if let Some(c) = self.conns.get_mut(&conn) {
             c.phase = Phase::Ready { peer_id, metadata };
+            c.skip_in_step = skip_in_step;
         }
         self.offer_shared(conn, docs, &mut out);
+        // Ask for the list only when something was left out.
+        let skipped = self.conns.get(&conn).is_some_and(|c| !c.skipped.is_empty());
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.skip_in_step = skipped;
+        }
+        if let Some(Action::Send {
+            message: Message::Join(join),
+            ..
+        }) = out.first_mut()
+        {
+            join.skips_in_step = skipped;
+        }
+        out
+    }
+
+    /// Answers the `join` of a peer that skips documents in step, after
+    /// [`Action::ListBehind`]: `peer` with the documents it is behind on, then a sync message
+    /// for each of them that is loaded. The documents in step get no message, but the peer
+    /// syncs them from now on: changes to them reach it as they arrive. `None` when we cannot
+    /// tell: the peer then offers everything.
+    pub fn answer_join(
+        &mut self,
+        conn: ConnId,
+        listing: Option<Listing>,
+        docs: &mut dyn DocumentSource,
+    ) -> Vec<Action> {
+        let behind = listing.as_ref().map(|l| l.behind.clone());
+        let mut out = Vec::new();
+        let Some(target_id) = self.remote_peer_id(conn) else {
+            return out;
+        };
+        out.push(Action::Send {
+            conn,
+            message: Message::Peer(PeerMessage {
+                sender_id: self.config.peer_id.clone(),
+                target_id,
+                peer_metadata: self.config.metadata.clone(),
+                selected_protocol_version: PROTOCOL_V1.to_owned(),
+                behind: behind.clone(),
+            }),
+        });
+        let Some(listing) = listing else {
+            return out;
+        };
+        for doc_id in listing.in_step {
+            if docs.get_mut(&doc_id).is_some() {
+                self.ensure_peer_doc(conn, doc_id, docs, &mut out);
+            }
+        }
+        for doc_id in listing.behind {
+            if docs.get_mut(&doc_id).is_some() {
+                self.ensure_peer_doc(conn, doc_id, docs, &mut out);
+                self.generate(conn, doc_id, docs, &mut out);
+            }
+        }
         out
     }
 
@@ -812,16 +914,31 @@ impl SyncEngine {
             );
             return;
         }
-        out.push(Action::Send {
-            conn,
-            message: Message::Peer(PeerMessage {
-                sender_id: self.config.peer_id.clone(),
-                target_id: join.sender_id.clone(),
-                peer_metadata: self.config.metadata.clone(),
-                selected_protocol_version: PROTOCOL_V1.to_owned(),
-            }),
-        });
-        self.become_ready(conn, join.sender_id, join.peer_metadata, docs, out);
+        let storage = join
+            .peer_metadata
+            .storage_id
+            .clone()
+            .filter(|_| !join.peer_metadata.is_ephemeral);
+        match storage {
+            Some(storage_id) if join.skips_in_step && self.config.lists_behind => {
+                // The owner answers with `peer` (`answer_join`) before anything else goes out.
+                self.become_ready(conn, join.sender_id, join.peer_metadata, None, docs, out);
+                out.push(Action::ListBehind { conn, storage_id });
+            }
+            _ => {
+                out.push(Action::Send {
+                    conn,
+                    message: Message::Peer(PeerMessage {
+                        sender_id: self.config.peer_id.clone(),
+                        target_id: join.sender_id.clone(),
+                        peer_metadata: self.config.metadata.clone(),
+                        selected_protocol_version: PROTOCOL_V1.to_owned(),
+                        behind: None,
+                    }),
+                });
+                self.become_ready(conn, join.sender_id, join.peer_metadata, None, docs, out);
+            }
+        }
     }
 
     fn on_peer(
@@ -844,14 +961,23 @@ impl SyncEngine {
             );
             return;
         }
-        self.become_ready(conn, peer.sender_id, peer.peer_metadata, docs, out);
+        self.become_ready(
+            conn,
+            peer.sender_id,
+            peer.peer_metadata,
+            peer.behind,
+            docs,
+            out,
+        );
     }
 
+    /// `behind` is what the peer's `peer` listed, if it did.
     fn become_ready(
         &mut self,
         conn: ConnId,
         peer_id: PeerId,
         metadata: PeerMetadata,
+        behind: Option<Vec<DocumentId>>,
         docs: &mut dyn DocumentSource,
         out: &mut Vec<Action>,
     ) {
@@ -885,13 +1011,41 @@ impl SyncEngine {
             metadata: metadata.clone(),
         };
         c.confirmed = true;
+        let skipped = std::mem::take(&mut c.skipped);
+        let asked = std::mem::take(&mut c.skip_in_step);
         out.push(Action::PeerConnected {
             conn,
             peer_id,
             metadata,
+            lists_behind: asked.then_some(behind.is_some()),
         });
         if !expected {
             self.offer_shared(conn, docs, out);
+            return;
+        }
+        match behind {
+            // What it listed comes next; the rest is in step.
+            Some(behind) => {
+                let in_step: Vec<DocumentId> = skipped
+                    .into_iter()
+                    .filter(|d| !behind.contains(d))
+                    .collect();
+                if !in_step.is_empty() {
+                    out.push(Action::InStep {
+                        conn,
+                        docs: in_step,
+                    });
+                }
+            }
+            // It cannot tell: offer what was left out.
+            None => {
+                for doc_id in skipped {
+                    if docs.get_mut(&doc_id).is_some() {
+                        self.ensure_peer_doc(conn, doc_id, docs, out);
+                        self.generate(conn, doc_id, docs, out);
+                    }
+                }
+            }
         }
     }
 
@@ -907,8 +1061,39 @@ impl SyncEngine {
                 continue;
             }
             self.ensure_peer_doc(conn, doc_id, docs, out);
+            if self.leave_out(conn, doc_id, docs) {
+                continue;
+            }
             self.generate(conn, doc_id, docs, out);
         }
+    }
+
+    /// Whether to leave a document out of the first offers to an expected peer: it skips
+    /// documents in step and this one's heads are the shared heads persisted with it.
+    fn leave_out(
+        &mut self,
+        conn: ConnId,
+        doc_id: DocumentId,
+        docs: &mut dyn DocumentSource,
+    ) -> bool {
+        let (Some(doc), Some(c)) = (docs.get_mut(&doc_id), self.conns.get_mut(&conn)) else {
+            return false;
+        };
+        if c.confirmed || !c.skip_in_step {
+            return false;
+        }
+        let Some(peer_doc) = c.docs.get(&doc_id) else {
+            return false;
+        };
+        let mut heads = doc.get_heads();
+        heads.sort();
+        let mut shared = peer_doc.state.shared_heads.clone();
+        shared.sort();
+        if heads.is_empty() || heads != shared {
+            return false;
+        }
+        c.skipped.insert(doc_id);
+        true
     }
 
     /// Sends `error` to the peer, forgets the connection and tells the owner to close it.
@@ -1256,6 +1441,10 @@ impl SyncEngine {
         let Some(doc) = docs.get_mut(&doc_id) else {
             return;
         };
+        if let Some(c) = self.conns.get_mut(&conn) {
+            // Offered after all (a local change, or the peer wrote first): no longer in step.
+            c.skipped.remove(&doc_id);
+        }
         let Some((target_id, peer_doc)) = ready_peer_doc(&mut self.conns, conn, doc_id) else {
             return;
         };
@@ -1462,6 +1651,8 @@ fn connection(phase: Phase, now: Instant) -> Connection {
     Connection {
         phase,
         confirmed: false,
+        skip_in_step: false,
+        skipped: BTreeSet::new(),
         opened_at: now,
         docs: BTreeMap::new(),
     }
@@ -1674,6 +1865,7 @@ mod tests {
         disconnects: Vec<(ConnId, DisconnectReason)>,
         ephemeral: Vec<(DocumentId, PeerId, Vec<u8>)>,
         refused: Vec<(DocumentId, Vec<RefusedChange>)>,
+        in_step: Vec<DocumentId>,
     }
 
     impl Node {
@@ -1690,6 +1882,7 @@ mod tests {
                 disconnects: Vec::new(),
                 ephemeral: Vec::new(),
                 refused: Vec::new(),
+                in_step: Vec::new(),
             }
         }
     }
@@ -1842,6 +2035,32 @@ mod tests {
                         doc_id, changes, ..
                     } => n.refused.push((doc_id, changes)),
                     Action::Error { error, .. } => n.errors.push(error),
+                    Action::InStep { docs, .. } => n.in_step.extend(docs),
+                    Action::ListBehind { conn, storage_id } => {
+                        // As the relay does: every document whose heads are not the shared
+                        // heads of its state with that storage (loaded to be sent).
+                        let on_disk: Vec<DocumentId> = n.store.on_disk.keys().copied().collect();
+                        for id in on_disk {
+                            if let Some(doc) = n.store.on_disk.remove(&id) {
+                                n.store.loaded.insert(id, doc);
+                            }
+                        }
+                        let mut listing = Listing::default();
+                        for (id, doc) in n.store.loaded.iter_mut() {
+                            let shared = n
+                                .store
+                                .sync_states
+                                .get(&(*id, storage_id.clone()))
+                                .and_then(|b| sync::State::decode(b).ok())
+                                .map(|s| s.shared_heads);
+                            if shared == Some(doc.get_heads()) {
+                                listing.in_step.push(*id);
+                            } else {
+                                listing.behind.push(*id);
+                            }
+                        }
+                        todo.extend(n.engine.answer_join(conn, Some(listing), &mut n.store));
+                    }
                 }
             }
         }
@@ -2158,6 +2377,11 @@ mod tests {
     /// Opens `conn` from the client to the relay, the client taking the relay to be
     /// `storage`; returns the client's messages sent before it heard anything.
     fn connect_expecting(net: &mut Net, conn: ConnId, storage: &str) -> Vec<Message> {
+        connect_skipping(net, conn, storage, false)
+    }
+
+    /// Like [`connect_expecting`], leaving documents in step out when `skip`.
+    fn connect_skipping(net: &mut Net, conn: ConnId, storage: &str, skip: bool) -> Vec<Message> {
         net.links.insert((CLIENT, conn), (RELAY, conn));
         net.links.insert((RELAY, conn), (CLIENT, conn));
         net.nodes[RELAY].engine.accept(conn, net.now);
@@ -2171,6 +2395,7 @@ mod tests {
             net.now,
             PeerId::from("relay"),
             metadata,
+            skip,
             &mut n.store,
         );
         let first: Vec<Message> = actions
@@ -2252,6 +2477,105 @@ mod tests {
     }
 
     #[test]
+    fn documents_in_step_are_left_out_and_the_relay_lists_and_sends_what_is_new() {
+        let mut net = client_and_relay();
+        net.nodes[RELAY].engine.config.lists_behind = true;
+        let ids: Vec<DocumentId> = (0..3).map(|_| DocumentId::new_random()).collect();
+        for (i, id) in ids.iter().enumerate() {
+            net.nodes[CLIENT]
+                .store
+                .loaded
+                .insert(*id, doc_with("k", &format!("doc {i}")));
+        }
+        net.connect(CLIENT, RELAY, CONN);
+        for id in &ids {
+            net.share(CLIENT, *id);
+        }
+        net.disconnect(CLIENT, CONN);
+        for node in &mut net.nodes {
+            let config = node.engine.config.clone();
+            node.engine = SyncEngine::new(config);
+            let docs = std::mem::take(&mut node.store.loaded);
+            node.store.on_disk.extend(docs);
+        }
+        let (quiet, news, edited) = (ids[0], ids[1], ids[2]);
+        // Someone else's change reached the relay; the client edited another document.
+        let relay_doc = net.nodes[RELAY].store.on_disk.get_mut(&news).expect("doc");
+        relay_doc
+            .put(ROOT, "news", "from another device")
+            .expect("put");
+        relay_doc.commit_with(CommitOptions::default().with_time(1_800_000_001));
+        let relay_heads = relay_doc.get_heads();
+        let client = &mut net.nodes[CLIENT];
+        let mut docs = std::mem::take(&mut client.store.on_disk);
+        let doc = docs.get_mut(&edited).expect("doc");
+        doc.put(ROOT, "offline", "edit").expect("put");
+        doc.commit_with(CommitOptions::default().with_time(1_800_000_002));
+        client.store.loaded.extend(docs);
+        let client_edit = client_heads(&mut net, edited);
+        for id in &ids {
+            let n = &mut net.nodes[CLIENT];
+            n.engine.share_doc(*id, &mut n.store);
+        }
+
+        let first = connect_skipping(&mut net, ConnId(2), "relay-store", true);
+        // The join asks for the list; only the edited document is offered.
+        let Some(Message::Join(join)) = first.first() else {
+            panic!("{first:?}");
+        };
+        assert!(join.skips_in_step);
+        let offered: Vec<DocumentId> = first.iter().filter_map(Message::document_id).collect();
+        assert_eq!(offered, vec![edited]);
+
+        net.run();
+        assert_eq!(net.nodes[CLIENT].in_step, vec![quiet]);
+        assert_eq!(
+            client_heads(&mut net, news),
+            relay_heads,
+            "the news arrived"
+        );
+        let relay_edited = net.nodes[RELAY].store.loaded.get_mut(&edited).expect("doc");
+        assert_eq!(relay_edited.get_heads(), client_edit, "the edit arrived");
+        for node in &net.nodes {
+            assert!(node.errors.is_empty(), "{:?}", node.errors);
+            assert!(node.disconnects.is_empty(), "{:?}", node.disconnects);
+        }
+    }
+
+    #[test]
+    fn a_relay_that_does_not_list_gets_the_documents_left_out_after_its_peer() {
+        let (mut net, id, heads) = edited_offline();
+        // A second document, which the client takes to be in step (a state whose shared
+        // heads are its heads) but the relay has never seen; and the relay does not list.
+        let other = DocumentId::new_random();
+        let mut other_doc = doc_with("o", "x");
+        let mut state = sync::State::new();
+        state.shared_heads = other_doc.get_heads();
+        net.nodes[CLIENT].store.loaded.insert(other, other_doc);
+        net.nodes[CLIENT]
+            .store
+            .sync_states
+            .insert((other, StorageId::from("relay-store")), state.encode());
+        let n = &mut net.nodes[CLIENT];
+        n.engine.share_doc(id, &mut n.store);
+        n.engine.share_doc(other, &mut n.store);
+        let first = connect_skipping(&mut net, ConnId(2), "relay-store", true);
+        let offered: Vec<DocumentId> = first.iter().filter_map(Message::document_id).collect();
+        assert_eq!(offered, vec![id]);
+        net.run();
+        assert!(net.nodes[CLIENT].in_step.is_empty());
+        // Offered once the relay's `peer` came without a list: the relay has it now.
+        let relay_other = net.nodes[RELAY].store.loaded.get_mut(&other).expect("doc");
+        let other_heads = relay_other.get_heads();
+        assert_eq!(client_heads(&mut net, other), other_heads);
+        let relay_doc = net.nodes[RELAY].store.loaded.get_mut(&id).expect("doc");
+        assert_eq!(relay_doc.get_heads(), heads);
+        for node in &net.nodes {
+            assert!(node.errors.is_empty(), "{:?}", node.errors);
+        }
+    }
+
+    #[test]
     fn an_expected_peer_that_never_answers_times_out() {
         let (mut net, id, _) = edited_offline();
         let n = &mut net.nodes[CLIENT];
@@ -2268,6 +2592,7 @@ mod tests {
             start,
             PeerId::from("relay"),
             metadata,
+            false,
             &mut n.store,
         );
         let deadline = n.engine.poll_timeout().expect("a handshake deadline");
@@ -2478,6 +2803,7 @@ mod tests {
             sender_id: PeerId::from("client"),
             peer_metadata: PeerMetadata::default(),
             supported_protocol_versions: vec!["1".into()],
+            skips_in_step: false,
         });
         let actions = relay.receive_bytes(CONN, &join.encode(), now, &mut store);
         assert!(matches!(
@@ -2605,6 +2931,7 @@ mod tests {
             sender_id: PeerId::from("client"),
             peer_metadata: PeerMetadata::default(),
             supported_protocol_versions: vec!["2".into()],
+            skips_in_step: false,
         });
         let actions = relay.receive(CONN, join, now, &mut store);
         assert!(matches!(
@@ -2642,6 +2969,7 @@ mod tests {
             sender_id: PeerId::from("client"),
             peer_metadata: PeerMetadata::default(),
             supported_protocol_versions: vec!["1".into()],
+            skips_in_step: false,
         });
         let actions = relay.receive(ConnId(2), join, now, &mut store);
         assert!(actions

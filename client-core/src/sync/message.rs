@@ -86,6 +86,11 @@ pub struct JoinMessage {
     pub peer_metadata: PeerMetadata,
     /// The protocol versions it speaks; `["1"]` today.
     pub supported_protocol_versions: Vec<String>,
+    /// It does not offer documents whose heads equal the shared heads it persisted with the
+    /// receiving peer, and asks to be told in [`PeerMessage::behind`] which of those the
+    /// receiving peer has news for (`skipsInStep` on the wire; an extension of this project,
+    /// which other peers ignore).
+    pub skips_in_step: bool,
 }
 
 /// `peer`: the receiving peer's answer to `join`.
@@ -99,6 +104,10 @@ pub struct PeerMessage {
     pub peer_metadata: PeerMetadata,
     /// The version chosen for this connection; always `"1"`.
     pub selected_protocol_version: String,
+    /// To a peer that skips documents in step ([`JoinMessage::skips_in_step`]): the documents
+    /// of which it may lack something, each followed by a sync message; every other document
+    /// it skipped is in step (`behind` on the wire; an extension of this project).
+    pub behind: Option<Vec<DocumentId>>,
 }
 
 /// `error`: the sender met a protocol error and is closing the connection, or, when
@@ -349,12 +358,21 @@ impl Message {
                             .collect(),
                     ),
                 );
+                if m.skips_in_step {
+                    map.put("skipsInStep", Value::Bool(true));
+                }
             }
             Message::Peer(m) => {
                 map.text("senderId", m.sender_id.as_str());
                 map.text("targetId", m.target_id.as_str());
                 map.put("peerMetadata", metadata_to_value(&m.peer_metadata));
                 map.text("selectedProtocolVersion", &m.selected_protocol_version);
+                if let Some(behind) = &m.behind {
+                    map.put(
+                        "behind",
+                        Value::Array(behind.iter().map(|d| Value::Text(d.to_string())).collect()),
+                    );
+                }
             }
             Message::Error(m) => {
                 map.text("message", &m.message);
@@ -456,6 +474,7 @@ impl Message {
                     Some(_) => fields.text_array("supportedProtocolVersions")?,
                     None => vec![PROTOCOL_V1.to_owned()],
                 },
+                skips_in_step: fields.opt_bool("skipsInStep")?.unwrap_or(false),
             }),
             "peer" => Message::Peer(PeerMessage {
                 sender_id: fields.peer_id("senderId")?,
@@ -465,6 +484,16 @@ impl Message {
                     None => fields.metadata("metadata")?,
                 },
                 selected_protocol_version: fields.text("selectedProtocolVersion")?.to_owned(),
+                behind: match fields.get("behind") {
+                    Some(_) => Some(
+                        fields
+                            .text_array("behind")?
+                            .iter()
+                            .map(|id| id.parse().map_err(DecodeError::BadDocumentId))
+                            .collect::<Result<_, _>>()?,
+                    ),
+                    None => None,
+                },
             }),
             "error" => Message::Error(ErrorMessage {
                 message: fields.opt_text("message")?.unwrap_or_default().to_owned(),
@@ -784,6 +813,7 @@ mod tests {
                     is_ephemeral: false,
                 },
                 supported_protocol_versions: vec!["1".into()],
+                skips_in_step: false,
             }),
             Message::Peer(PeerMessage {
                 sender_id: relay.clone(),
@@ -793,6 +823,26 @@ mod tests {
                     is_ephemeral: true,
                 },
                 selected_protocol_version: "1".into(),
+                behind: None,
+            }),
+            Message::Join(JoinMessage {
+                sender_id: alice.clone(),
+                peer_metadata: PeerMetadata {
+                    storage_id: Some("store-a".into()),
+                    is_ephemeral: false,
+                },
+                supported_protocol_versions: vec!["1".into()],
+                skips_in_step: true,
+            }),
+            Message::Peer(PeerMessage {
+                sender_id: relay.clone(),
+                target_id: alice.clone(),
+                peer_metadata: PeerMetadata {
+                    storage_id: Some("store-r".into()),
+                    is_ephemeral: false,
+                },
+                selected_protocol_version: "1".into(),
+                behind: Some(vec![doc()]),
             }),
             Message::Error(ErrorMessage {
                 message: "unsupported protocol version".into(),

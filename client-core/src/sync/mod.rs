@@ -17,7 +17,8 @@ pub mod message;
 
 pub use docid::{DocumentId, DocumentIdError};
 pub use engine::{
-    Action, ConnId, DisconnectReason, DocumentSource, EngineConfig, EngineError, SyncEngine,
+    Action, ConnId, DisconnectReason, DocumentSource, EngineConfig, EngineError, Listing,
+    SyncEngine,
 };
 pub use message::{
     DecodeError, Message, PeerId, PeerMetadata, RefusedChange, RefusedChanges, StorageId,

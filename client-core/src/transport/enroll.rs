@@ -17,6 +17,7 @@ use super::quic::pin::Invite;
 use super::{add_synced_coalitions, http_url, keys};
 use crate::coalition::Identity;
 use crate::ids::new_actor_id;
+use crate::model::DocKind;
 use crate::store::{Store, StoreError};
 use crate::sync::{DocumentId, DocumentIdError};
 
@@ -57,6 +58,25 @@ pub struct Enrollment {
     /// The relay's storage id in the sync protocol (relays before it was sent: empty).
     #[serde(default)]
     pub server_storage_id: String,
+    /// The documents the relay holds for those coalitions.
+    #[serde(default)]
+    pub documents: Vec<KnownDocument>,
+}
+
+/// A document the relay holds for a coalition, as enrollment lists it: a new device asks for
+/// all of them in its first flight, instead of learning them from the manifest a round trip
+/// later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownDocument {
+    /// The document id.
+    pub id: String,
+    /// Its coalition (manifest id).
+    pub coalition: String,
+    /// What it holds.
+    pub kind: DocKind,
+    /// Its owner organisation, if any.
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 /// What [`enroll`] set up.
@@ -262,6 +282,9 @@ pub fn enroll(
     store.set_meta(keys::ROLE, &answer.role)?;
     store.set_meta(keys::SERVER_PEER_ID, &answer.server_peer_id)?;
     store.set_meta(keys::SERVER_STORAGE_ID, &answer.server_storage_id)?;
+    let known = serde_json::to_string(&answer.documents)
+        .expect("strings and a unit enum always serialize to JSON");
+    store.set_meta(keys::KNOWN_DOCUMENTS, &known)?;
     super::set_quic_endpoint(store, invite.quic.as_ref())?;
     add_synced_coalitions(store, &coalitions)?;
     Ok(Enrolled {

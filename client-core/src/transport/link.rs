@@ -192,6 +192,18 @@ impl Link {
         }
     }
 
+    /// Ends a link on which the relay has answered everything with heads equal to ours: what
+    /// is still in flight is at most an acknowledgement of its last answer, which the next
+    /// sync makes up for, so nothing waits for the relay to confirm receipt (over QUIC that
+    /// would be one more round trip, for the ends of the streams): the stream writers only
+    /// get a moment to hand what they hold to the connection.
+    pub(crate) async fn close_answered(&mut self) {
+        match self {
+            Link::Ws(_) => self.close().await,
+            Link::Quic(quic) => quic.close(Duration::from_millis(10)).await,
+        }
+    }
+
     /// Ends the link right after frames the relay has not acted on yet, making sure it reads
     /// them first. A WebSocket is one ordered pipe, so its close already comes after them.
     pub(crate) async fn close_delivered(&mut self) {

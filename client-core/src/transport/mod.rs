@@ -77,6 +77,12 @@ pub mod keys {
     /// Prefix of `synced_heads:<doc>`: the document's heads when they were last known to be
     /// on the relay (sorted hex hashes, comma-separated).
     pub const SYNCED_HEADS_PREFIX: &str = "synced_heads:";
+    /// `0` when the relay did not list the documents the device was behind on when asked
+    /// (`1` when it did): only then does a sync offer the documents in step with it too.
+    pub const SERVER_LISTS_BEHIND: &str = "server_lists_behind";
+    /// JSON array of the documents the relay held for this device's coalitions at enrollment
+    /// ([`super::enroll::KnownDocument`]), asked for in the first sync's first flight.
+    pub const KNOWN_DOCUMENTS: &str = "known_documents";
     /// The relay's QUIC UDP port, from the invite.
     pub const QUIC_PORT: &str = "quic_port";
     /// The pin of the relay's QUIC certificate key, from the invite.

@@ -91,6 +91,7 @@ mod tests {
             sender_id: PeerId::from("a"),
             peer_metadata: Default::default(),
             supported_protocol_versions: vec!["1".into()],
+            skips_in_step: false,
         })
         .encode();
         outbox.push(first_big.clone());

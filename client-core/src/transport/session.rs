@@ -19,6 +19,7 @@
 //! heads, every local change is on the relay; [`Session::checkpoint`] records that in
 //! `synced_heads:<doc>` for `coalition status`.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Instant;
 
@@ -190,6 +191,9 @@ pub struct Session<'s> {
     shared: BTreeSet<DocumentId>,
     /// Documents the relay has said something about.
     answered: BTreeSet<DocumentId>,
+    /// Per document, our heads when we last sent changes of it, until the relay answers with
+    /// heads that hold them (a message it made before they arrived is no answer).
+    awaiting: BTreeMap<DocumentId, Vec<ChangeHash>>,
     /// The heads the relay reported last, per document.
     relay_heads: BTreeMap<DocumentId, Vec<ChangeHash>>,
     /// What `synced_heads:<doc>` holds, to write it only when it changes.
@@ -220,6 +224,7 @@ impl<'s> Session<'s> {
             events: VecDeque::new(),
             shared: BTreeSet::new(),
             answered: BTreeSet::new(),
+            awaiting: BTreeMap::new(),
             relay_heads: BTreeMap::new(),
             recorded: BTreeMap::new(),
             stats: SyncStats::default(),
@@ -258,17 +263,56 @@ impl<'s> Session<'s> {
         for id in stored {
             self.load_one(id, coalition)?;
         }
-        // A device that has nothing of the coalition yet asks the relay for its manifest.
-        self.local
-            .docs
-            .entry(coalition)
-            .or_insert_with(|| LocalDoc {
+        // A device that has nothing of the coalition yet asks the relay for its manifest, and
+        // for the documents the relay listed at enrollment: all in the first flight.
+        if let Entry::Vacant(slot) = self.local.docs.entry(coalition) {
+            slot.insert(LocalDoc {
                 doc: AutoCommit::new(),
                 coalition,
                 kind: Some(DocKind::Manifest),
                 owner: None,
             });
+            for known in self.known_documents(coalition)? {
+                let Ok(id) = DocumentId::parse_id_or_url(&known.id) else {
+                    self.warn(format!(
+                        "enrollment listed `{}`, not a document id",
+                        known.id
+                    ));
+                    continue;
+                };
+                self.local.docs.entry(id).or_insert_with(|| LocalDoc {
+                    doc: AutoCommit::new(),
+                    coalition,
+                    kind: Some(known.kind),
+                    owner: known.owner,
+                });
+            }
+        }
         Ok(())
+    }
+
+    /// The documents of `coalition` the relay listed at enrollment (see
+    /// [`super::enroll::KnownDocument`]).
+    fn known_documents(
+        &mut self,
+        coalition: DocumentId,
+    ) -> Result<Vec<super::enroll::KnownDocument>, SessionError> {
+        let Some(text) = self.local.store.meta(keys::KNOWN_DOCUMENTS)? else {
+            return Ok(Vec::new());
+        };
+        match serde_json::from_str::<Vec<super::enroll::KnownDocument>>(&text) {
+            Ok(list) => Ok(list
+                .into_iter()
+                .filter(|d| d.coalition == coalition.to_string())
+                .collect()),
+            Err(e) => {
+                // The manifest lists them too, a round trip later.
+                self.warn(format!(
+                    "the documents listed at enrollment are unreadable: {e}"
+                ));
+                Ok(Vec::new())
+            }
+        }
     }
 
     /// Loads one document from the store if it is there. Returns whether it was.
@@ -349,8 +393,17 @@ impl<'s> Session<'s> {
     pub fn connect(&mut self, now: Instant) -> Result<(), SessionError> {
         let actions = match self.known_relay()? {
             Some((peer_id, metadata)) => {
-                self.engine
-                    .connect_expecting(self.conn, now, peer_id, metadata, &mut self.local)
+                // Until a relay is known not to list them, documents in step are left out.
+                let skip =
+                    self.local.store.meta(keys::SERVER_LISTS_BEHIND)?.as_deref() != Some("0");
+                self.engine.connect_expecting(
+                    self.conn,
+                    now,
+                    peer_id,
+                    metadata,
+                    skip,
+                    &mut self.local,
+                )
             }
             None => self.engine.connect(self.conn, now),
         };
@@ -376,11 +429,13 @@ impl<'s> Session<'s> {
         }))
     }
 
-    /// Remembers who the relay said it is, for [`Self::known_relay`] next time.
+    /// Remembers who the relay said it is, for [`Self::known_relay`] next time, and whether
+    /// it lists the documents a device is behind on.
     fn remember_relay(
         &mut self,
         peer_id: &PeerId,
         metadata: &PeerMetadata,
+        lists_behind: Option<bool>,
     ) -> Result<(), SessionError> {
         let Some(storage) = metadata
             .storage_id
@@ -390,10 +445,18 @@ impl<'s> Session<'s> {
             return Ok(());
         };
         let store = &self.local.store;
-        for (key, value) in [
-            (keys::SERVER_PEER_ID, peer_id.as_str()),
-            (keys::SERVER_STORAGE_ID, storage.as_str()),
-        ] {
+        let lists = match lists_behind {
+            Some(true) => Some("1"),
+            Some(false) => Some("0"),
+            None => None,
+        };
+        let remembered = [
+            (keys::SERVER_PEER_ID, Some(peer_id.as_str())),
+            (keys::SERVER_STORAGE_ID, Some(storage.as_str())),
+            (keys::SERVER_LISTS_BEHIND, lists),
+        ];
+        for (key, value) in remembered {
+            let Some(value) = value else { continue };
             if store.meta(key)?.as_deref() != Some(value) {
                 store.set_meta(key, value)?;
             }
@@ -414,10 +477,15 @@ impl<'s> Session<'s> {
                         .get_mut(&id)
                         .map(|d| (id, d.doc.get_heads()))
                 });
+                let id = message.document_id();
                 let actions = self
                     .engine
                     .receive(self.conn, message, now, &mut self.local);
-                return self.carry_out_with(actions, before);
+                self.carry_out_with(actions, before)?;
+                if let Some(id) = id {
+                    self.settle_awaiting(id);
+                }
+                return Ok(());
             }
             // The engine answers a bad frame (an `error`, then closing); let it decode again.
             Err(_) => self
@@ -453,6 +521,30 @@ impl<'s> Session<'s> {
             self.answered.remove(&id);
         } else {
             self.answered.insert(id);
+        }
+    }
+
+    /// After a relay message about a document whose changes we sent: it answers them when the
+    /// relay's heads hold every head we had when sending, or equal ours now (it sent what it
+    /// built on them). Otherwise the relay made it before our changes arrived: still waiting.
+    fn settle_awaiting(&mut self, id: DocumentId) {
+        let Some(sent) = self.awaiting.get(&id) else {
+            return;
+        };
+        let Some(relay) = self.relay_heads.get(&id) else {
+            return;
+        };
+        let holds = sent.iter().all(|h| relay.contains(h));
+        let equal = self.local.docs.get_mut(&id).is_some_and(|d| {
+            let mut heads = d.doc.get_heads();
+            heads.sort();
+            heads == *relay
+        });
+        if holds || equal {
+            self.awaiting.remove(&id);
+            self.answered.insert(id);
+        } else {
+            self.answered.remove(&id);
         }
     }
 
@@ -635,10 +727,11 @@ impl<'s> Session<'s> {
         while let Some(action) = todo.pop_front() {
             match action {
                 Action::Send { message, .. } => {
-                    if let Some(id) = carries_changes(&message) {
+                    if let Some((id, heads)) = carries_changes(&message) {
                         // The relay answers changes with its new heads: until then they are
                         // not known to be there, and the sync is not over.
                         self.answered.remove(&id);
+                        self.awaiting.insert(id, heads);
                     }
                     self.outbox.push_back(message.encode());
                 }
@@ -650,11 +743,29 @@ impl<'s> Session<'s> {
                     self.events.push_back(SessionEvent::Closed { reason });
                 }
                 Action::PeerConnected {
-                    peer_id, metadata, ..
+                    peer_id,
+                    metadata,
+                    lists_behind,
+                    ..
                 } => {
                     self.ready = true;
-                    self.remember_relay(&peer_id, &metadata)?;
+                    self.remember_relay(&peer_id, &metadata, lists_behind)?;
                     self.events.push_back(SessionEvent::Connected { peer_id });
+                }
+                Action::InStep { docs, .. } => {
+                    // The relay holds what we hold of these, and nothing newer.
+                    for id in docs {
+                        if let Some(d) = self.local.docs.get_mut(&id) {
+                            let mut heads = d.doc.get_heads();
+                            heads.sort();
+                            self.relay_heads.insert(id, heads);
+                            self.answered.insert(id);
+                        }
+                    }
+                }
+                Action::ListBehind { conn, .. } => {
+                    // Only a relay is asked to list; a device cannot tell.
+                    todo.extend(self.engine.answer_join(conn, None, &mut self.local));
                 }
                 Action::DocumentChanged { doc_id } => {
                     let since = match &before {
@@ -706,6 +817,7 @@ impl<'s> Session<'s> {
                 } => {
                     // The refusal is the relay's answer about them.
                     self.answered.insert(doc_id);
+                    self.awaiting.remove(&doc_id);
                     todo.extend(self.set_aside(doc_id, &changes)?);
                 }
                 Action::Error { error, .. } => {
@@ -891,13 +1003,19 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// The document a `sync` or `request` message sends changes of, if it sends any.
-fn carries_changes(message: &Message) -> Option<DocumentId> {
+/// The document a `sync` or `request` message sends changes of, if it sends any, and the
+/// heads it sends (sorted).
+fn carries_changes(message: &Message) -> Option<(DocumentId, Vec<ChangeHash>)> {
     let (Message::Sync(m) | Message::Request(m)) = message else {
         return None;
     };
     let decoded = automerge::sync::Message::decode(&m.data).ok()?;
-    (!decoded.changes.is_empty()).then_some(m.document_id)
+    if decoded.changes.is_empty() {
+        return None;
+    }
+    let mut heads = decoded.heads;
+    heads.sort();
+    Some((m.document_id, heads))
 }
 
 #[cfg(test)]
@@ -997,6 +1115,75 @@ mod tests {
                 .expect("status")
                 .unsent_documents,
             0
+        );
+    }
+
+    #[test]
+    fn a_new_device_asks_for_every_enrolled_document_in_its_first_flight() {
+        let (mut relay, id, _cast) = demo_relay();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(dir.path()).expect("store");
+        // What enrollment stores: who the relay is, and what it holds.
+        let known: Vec<crate::transport::enroll::KnownDocument> = relay
+            .store
+            .docs
+            .iter()
+            .map(|(doc, d)| {
+                let (kind, owner, _) = describe(d).expect("a coalition document");
+                crate::transport::enroll::KnownDocument {
+                    id: doc.to_string(),
+                    coalition: id.to_string(),
+                    kind,
+                    owner,
+                }
+            })
+            .collect();
+        store.set_meta(keys::SERVER_PEER_ID, "relay").expect("meta");
+        store
+            .set_meta(keys::SERVER_STORAGE_ID, "relay-storage")
+            .expect("meta");
+        store
+            .set_meta(
+                keys::KNOWN_DOCUMENTS,
+                &serde_json::to_string(&known).expect("json"),
+            )
+            .expect("meta");
+
+        let mut session = Session::new(&mut store, config(), &[id]).expect("session");
+        relay.accept(ConnId(1));
+        session.connect(Instant::now()).expect("connect");
+        let mut first = Vec::new();
+        while let Some(frame) = session.poll_transmit() {
+            first.push(Message::decode(&frame).expect("a message"));
+        }
+        // The join, then a request for every document: nothing waits for the relay's `peer`
+        // or for the manifest to name the rest.
+        assert!(matches!(first.first(), Some(Message::Join(_))), "{first:?}");
+        let asked: BTreeSet<DocumentId> = first.iter().filter_map(Message::document_id).collect();
+        let held: BTreeSet<DocumentId> = relay.store.docs.keys().copied().collect();
+        assert_eq!(asked, held);
+        assert_eq!(first.len(), held.len() + 1, "{first:?}");
+
+        let mut inbox: VecDeque<Vec<u8>> = VecDeque::new();
+        for message in &first {
+            inbox.extend(
+                relay
+                    .receive(ConnId(1), &message.encode())
+                    .into_iter()
+                    .map(|(_, f)| f),
+            );
+        }
+        // The relay's answers to that one flight bring everything.
+        for frame in inbox {
+            session.receive(&frame, Instant::now()).expect("receive");
+        }
+        assert!(session.all_answered(), "{:?}", session.unanswered());
+        assert!(session.unsent().is_empty(), "{:?}", session.unsent());
+        assert_eq!(session.stats().received, held);
+        assert!(
+            session.stats().warnings.is_empty(),
+            "{:?}",
+            session.stats().warnings
         );
     }
 

@@ -628,7 +628,11 @@ async fn drive<S: Future<Output = ()>>(
                 let unsent = session.unsent().len();
                 on_event(&WatchEvent::Quiet { unsent });
                 if !watching {
-                    link.close().await;
+                    if in_step {
+                        link.close_answered().await;
+                    } else {
+                        link.close().await;
+                    }
                     return end(Outcome::Complete);
                 }
             }

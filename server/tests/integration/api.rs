@@ -220,6 +220,29 @@ async fn demo_relay() -> Result<(TestRelay, DocumentId, String)> {
     let state = relay.state();
     let (status, body) = enroll(&state, &setup.invites[0].1.code, &actor()).await?;
     assert_eq!(status, StatusCode::OK, "{body}");
+    // Enrollment names the relay in the sync protocol and every document of the coalition
+    // (16 in the demo), so that the device's first flight asks for all of them.
+    assert_eq!(body["server_storage_id"], state.server_storage_id());
+    let coalition = setup.coalition;
+    let path = relay.dir.path().to_path_buf();
+    let stored = within(tokio::task::spawn_blocking(move || -> Result<_> {
+        Ok(Store::open(&path)?.doc_infos(&coalition)?)
+    }))
+    .await???;
+    assert_eq!(stored.len(), 16);
+    let listed: Vec<(String, String)> = body["documents"]
+        .as_array()
+        .map(|docs| {
+            docs.iter()
+                .map(|d| (d["id"].to_string(), d["kind"].to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let expected: Vec<(String, String)> = stored
+        .iter()
+        .map(|(doc, kind, _)| (format!("\"{doc}\""), format!("\"{kind}\"")))
+        .collect();
+    assert_eq!(listed, expected);
     let credential = body["credential"].as_str().unwrap_or_default().to_string();
     Ok((relay, setup.coalition, credential))
 }

@@ -196,6 +196,7 @@ fn join_frame(peer: &str, versions: &[&str]) -> Vec<u8> {
             is_ephemeral: true,
         },
         supported_protocol_versions: versions.iter().map(|v| v.to_string()).collect(),
+        skips_in_step: false,
     })
     .encode()
 }

@@ -845,6 +845,9 @@ fn bad_links_a_resumed_session_sends_its_edit_early_even_to_a_restarted_relay() 
     assert!(early, "the session resumes");
     // `unsent` is empty: the relay answered with heads that include the edit.
     assert!(done(&second), "{second:?}");
+    // The `join` and the edited document: the documents in step with the relay were left
+    // out, and the relay's `peer` said it had nothing newer of them.
+    assert_eq!(second.stats.frames_sent, 2, "{second:?}");
     // The device's close reached the relay: the connection is gone long before the idle
     // timeout.
     let end = Instant::now() + Duration::from_secs(3);
@@ -859,6 +862,7 @@ fn bad_links_a_resumed_session_sends_its_edit_early_even_to_a_restarted_relay() 
     let (third, early) = sync(&relay);
     assert!(early, "the device still holds the old session's ticket");
     assert!(done(&third), "{third:?}");
+    assert_eq!(third.stats.frames_sent, 2, "{third:?}");
 
     // A new device sees both edits on the relay.
     let other = tmp.path().join("other");

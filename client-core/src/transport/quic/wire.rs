@@ -408,7 +408,7 @@ impl StreamRouter {
         if ordered {
             let writers = async { while self.writers.join_next().await.is_some() {} };
             if tokio::time::timeout_at(deadline, writers).await.is_err() {
-                tracing::debug!("the peer did not take every frame within {limit:?}");
+                tracing::debug!("the peer did not acknowledge every stream within {limit:?}");
             }
         }
         let (closed, _) = mpsc::unbounded_channel();
@@ -418,7 +418,7 @@ impl StreamRouter {
             while self.control_writer.join_next().await.is_some() {}
         };
         if tokio::time::timeout_at(deadline, all).await.is_err() {
-            tracing::debug!("the peer did not take every frame within {limit:?}");
+            tracing::debug!("the peer did not acknowledge every stream within {limit:?}");
         }
     }
 }

@@ -522,6 +522,7 @@ async fn open_observer(
             is_ephemeral: true,
         },
         supported_protocol_versions: vec!["1".into()],
+        skips_in_step: false,
     });
     tx.send(WsMessage::Binary(join.encode().into())).await?;
     Ok((tx, rx))

@@ -230,6 +230,7 @@ async fn client_inner(
                 is_ephemeral: false,
             },
             supported_protocol_versions: vec!["1".into()],
+            skips_in_step: false,
         }),
     )
     .await?;
