@@ -1248,6 +1248,8 @@ impl Hub {
                     // Not readable here now; the device's own offer will hear the same.
                     continue;
                 }
+                // A state that does not decode counts as none (the document is listed and
+                // synced afresh); the engine reports it when it loads it for the connection.
                 let shared = match self.docs.store.sync_state(&doc_id, storage.as_str()) {
                     Ok(Some(bytes)) => automerge::sync::State::decode(&bytes)
                         .map(|s| s.shared_heads)

@@ -2281,6 +2281,20 @@ mod tests {
 
     /// Bytes on the wire to bring the relay up to date after one edit on a reconnect, with or
     /// without the sync states persisted in the previous session.
+    /// Both processes restart: fresh engines, documents back in storage (and sync states, when
+    /// `keep_sync_states`).
+    fn restart(net: &mut Net, keep_sync_states: bool) {
+        for node in &mut net.nodes {
+            let config = node.engine.config.clone();
+            node.engine = SyncEngine::new(config);
+            if !keep_sync_states {
+                node.store.sync_states.clear();
+            }
+            let docs = std::mem::take(&mut node.store.loaded);
+            node.store.on_disk.extend(docs);
+        }
+    }
+
     fn reconnect_cost(keep_sync_states: bool) -> usize {
         let mut net = client_and_relay();
         let id = DocumentId::new_random();
@@ -2302,16 +2316,7 @@ mod tests {
             .contains_key(&(id, StorageId::from("client-store"))));
         net.disconnect(CLIENT, CONN);
 
-        // Both processes restart: fresh engines, documents from storage.
-        for node in &mut net.nodes {
-            let config = node.engine.config.clone();
-            node.engine = SyncEngine::new(config);
-            if !keep_sync_states {
-                node.store.sync_states.clear();
-            }
-            let docs = std::mem::take(&mut node.store.loaded);
-            node.store.on_disk.extend(docs);
-        }
+        restart(&mut net, keep_sync_states);
         let mut doc = net.nodes[CLIENT].store.on_disk.remove(&id).expect("doc");
         doc.put(ROOT, "offline", "edit").expect("put");
         doc.commit_with(CommitOptions::default().with_time(1_800_000_000));
@@ -2360,12 +2365,7 @@ mod tests {
         net.connect(CLIENT, RELAY, CONN);
         net.share(CLIENT, id);
         net.disconnect(CLIENT, CONN);
-        for node in &mut net.nodes {
-            let config = node.engine.config.clone();
-            node.engine = SyncEngine::new(config);
-            let docs = std::mem::take(&mut node.store.loaded);
-            node.store.on_disk.extend(docs);
-        }
+        restart(&mut net, true);
         let mut doc = net.nodes[CLIENT].store.on_disk.remove(&id).expect("doc");
         doc.put(ROOT, "offline", "edit").expect("put");
         doc.commit_with(CommitOptions::default().with_time(1_800_000_000));
@@ -2492,12 +2492,7 @@ mod tests {
             net.share(CLIENT, *id);
         }
         net.disconnect(CLIENT, CONN);
-        for node in &mut net.nodes {
-            let config = node.engine.config.clone();
-            node.engine = SyncEngine::new(config);
-            let docs = std::mem::take(&mut node.store.loaded);
-            node.store.on_disk.extend(docs);
-        }
+        restart(&mut net, true);
         let (quiet, news, edited) = (ids[0], ids[1], ids[2]);
         // Someone else's change reached the relay; the client edited another document.
         let relay_doc = net.nodes[RELAY].store.on_disk.get_mut(&news).expect("doc");

@@ -157,6 +157,21 @@ fn point_quic_at(store: &Path, port: u16, pin: &str) {
     .expect("point QUIC at the new link");
 }
 
+/// A device enrolled with invite `n` in `dir/other`, synced once on the clean loopback.
+fn new_device_synced(relay: &QuicRelay, dir: &Path, n: usize) -> PathBuf {
+    let other = dir.join("other");
+    relay.enroll(&other, n, relay.udp.port(), "other");
+    let s = sync_via(
+        &other,
+        &format!("http://{}", relay.http),
+        &[],
+        Duration::from_secs(30),
+    )
+    .expect("the other device's sync");
+    assert!(complete(&s), "{s}");
+    other
+}
+
 /// The bad link: 10% loss, 600 ms RTT, 64 kbit/s.
 fn lossy() -> LinkSpec {
     LinkSpec {
@@ -312,16 +327,7 @@ fn bad_links_a_link_down_5s_in_every_20s_still_converges() {
             > 0
     );
     // Another device, on a clean link, gets the comment from the relay.
-    let other = tmp.path().join("other");
-    relay.enroll(&other, 1, relay.udp.port(), "other");
-    let s = sync_via(
-        &other,
-        &format!("http://{}", relay.http),
-        &[],
-        Duration::from_secs(30),
-    )
-    .expect("clean sync");
-    assert!(complete(&s), "{s}");
+    let other = new_device_synced(&relay, tmp.path(), 1);
     assert!(has_comment(&other, "written before the outage"));
 }
 
@@ -865,16 +871,7 @@ fn bad_links_a_resumed_session_sends_its_edit_early_even_to_a_restarted_relay() 
     assert_eq!(third.stats.frames_sent, 2, "{third:?}");
 
     // A new device sees both edits on the relay.
-    let other = tmp.path().join("other");
-    relay.enroll(&other, 1, relay.udp.port(), "other");
-    let s = sync_via(
-        &other,
-        &format!("http://{}", relay.http),
-        &[],
-        Duration::from_secs(30),
-    )
-    .expect("the other device's sync");
-    assert!(complete(&s), "{s}");
+    let other = new_device_synced(&relay, tmp.path(), 1);
     assert!(has_comment(&other, "sent early"));
     assert!(has_comment(&other, "sent again after a refusal"));
 }

@@ -216,7 +216,7 @@ pub async fn connect(
         ready: VecDeque::new(),
         was_early: early.is_some(),
         early: early.map(|accepted| Early {
-            accepted,
+            accepted: Some(accepted),
             credential: credential.to_owned(),
             frames: Vec::new(),
         }),
@@ -239,7 +239,8 @@ fn streams(
 /// A connection whose first flight went as 0-RTT data, until the handshake says whether the
 /// relay took it: what to send again if it did not.
 struct Early {
-    accepted: ZeroRttAccepted,
+    /// Until the handshake says; `None` once it refused (the answer is not asked twice).
+    accepted: Option<ZeroRttAccepted>,
     credential: String,
     /// Frames sent so far, in order.
     frames: Vec<Vec<u8>>,
@@ -288,6 +289,10 @@ impl QuicLink {
         if let Some(router) = &mut self.router {
             if let Some(early) = &mut self.early {
                 early.frames.push(frame.clone());
+                if early.accepted.is_none() {
+                    // Refused: it goes with the rest on the new streams.
+                    return;
+                }
             }
             router.send(frame);
         }
@@ -299,20 +304,27 @@ impl QuicLink {
             if let Some(frame) = self.ready.pop_front() {
                 return QuicEvent::Frame(frame);
             }
+            if self.early.as_ref().is_some_and(|e| e.accepted.is_none()) {
+                // Refused: send it all again (a call cancelled here starts over next time).
+                if let Err(reason) = self.send_again().await {
+                    return QuicEvent::Closed(reason);
+                }
+                continue;
+            }
             let event = tokio::select! {
                 // First: when the relay refuses the early data, the streams it never saw fail
                 // at the same moment, and those failures must not end the link.
                 biased;
                 accepted = async {
-                    match self.early.as_mut() {
-                        Some(early) => (&mut early.accepted).await,
+                    match self.early.as_mut().and_then(|e| e.accepted.as_mut()) {
+                        Some(accepted) => accepted.await,
                         None => std::future::pending().await,
                     }
                 } => {
                     if accepted {
                         self.early = None;
-                    } else if let Err(reason) = self.send_again().await {
-                        return QuicEvent::Closed(reason);
+                    } else if let Some(early) = self.early.as_mut() {
+                        early.accepted = None;
                     }
                     continue;
                 }
