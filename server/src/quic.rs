@@ -46,8 +46,10 @@ pub const CERT_FILE: &str = "quic-cert.pem";
 /// Its private key.
 pub const KEY_FILE: &str = "quic-key.pem";
 
-/// How long a device has to send its credential after the handshake.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a device has to send its credential after the handshake: as long as the idle
+/// timeout, since on a lossy 2G link a lost first flight is sent again only after probe
+/// timeouts that double each time (0.5, 1, 2, 4, 8 s...).
+const HELLO_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// TLS sessions kept for resumption.
 const SESSION_CACHE: usize = 8192;
