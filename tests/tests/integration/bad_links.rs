@@ -559,25 +559,25 @@ fn bad_links_udp_blocked_falls_back_to_websocket_and_back() {
     linked("quic");
 }
 
-/// The relay's count of sync connections it accepted since it started (both transports).
-fn open_connections(relay: &QuicRelay) -> i64 {
+/// A counter or gauge from the relay's `/metrics`.
+fn relay_metric(relay: &QuicRelay, name: &str) -> i64 {
     let (status, text) =
         http_get(&format!("http://{}/metrics", relay.http), None).expect("the relay's metrics");
     assert_eq!(status, 200, "{text}");
     text.lines()
-        .find_map(|l| l.strip_prefix("coalition_connections "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no coalition_connections in {text}"))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 
-fn relay_connections(relay: &QuicRelay) -> u64 {
-    let (status, text) =
-        http_get(&format!("http://{}/metrics", relay.http), None).expect("the relay's metrics");
-    assert_eq!(status, 200, "{text}");
-    text.lines()
-        .find_map(|l| l.strip_prefix("coalition_connections_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no coalition_connections_total in {text}"))
+/// The sync connections the relay has open now (both transports).
+fn open_connections(relay: &QuicRelay) -> i64 {
+    relay_metric(relay, "coalition_connections")
+}
+
+/// The sync connections the relay accepted since it started (both transports).
+fn relay_connections(relay: &QuicRelay) -> i64 {
+    relay_metric(relay, "coalition_connections_total")
 }
 
 /// Field notes in a store's comments.
