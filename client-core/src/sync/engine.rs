@@ -1448,7 +1448,7 @@ impl SyncEngine {
         let Some((target_id, peer_doc)) = ready_peer_doc(&mut self.conns, conn, doc_id) else {
             return;
         };
-        if nothing_to_send(doc, &peer_doc.state) {
+        if nothing_to_send(doc, &peer_doc.state, peer_doc.caught_up.as_deref()) {
             return;
         }
         if let Some(message) =
@@ -1577,15 +1577,25 @@ impl SyncEngine {
     }
 }
 
-/// Whether `generate_sync_message` would return nothing for this state, told without asking it:
-/// the peer was last sent these very heads and has either not answered since (`in_flight`) or
-/// answered with the same heads and needs nothing. Automerge only finds that out after building
-/// a Bloom filter and walking the change graph for the changes to send; on a relay, where every
-/// peer of a document acknowledges every change forwarded to it, those answers are half of all
-/// the messages it generates for. The reset Automerge sends to a peer whose last sync names
-/// changes it does not have is checked first, as Automerge does (with `get_missing_deps`:
-/// `get_change_by_hash` would rebuild each change from the document's columns).
-fn nothing_to_send(doc: &mut AutoCommit, state: &sync::State) -> bool {
+/// Whether there is nothing to tell the peer, told without asking `generate_sync_message`:
+/// the peer was last sent these very heads and has either not answered since (`in_flight`),
+/// answered with the same heads and needs nothing, or answered with earlier heads while the
+/// rest of our history is on its way to it (`caught_up` is our heads: everything went to it on
+/// this connection). Automerge finds the first two out only after building a Bloom filter and
+/// walking the change graph for the changes to send; on a relay, where every peer of a
+/// document acknowledges every change forwarded to it, those answers are half of all the
+/// messages it generates for. In the third case Automerge would send our heads again, without
+/// changes, to a peer that will hold them once it has read what is already on its way: under
+/// load, when every acknowledgement lags behind the next change, that is one more message
+/// (and one more answer) per acknowledgement, and each walk gets longer as the peer falls
+/// further behind. The reset Automerge sends to a peer whose last sync names changes it does
+/// not have is checked first, as Automerge does (with `get_missing_deps`: `get_change_by_hash`
+/// would rebuild each change from the document's columns).
+fn nothing_to_send(
+    doc: &mut AutoCommit,
+    state: &sync::State,
+    caught_up: Option<&[automerge::ChangeHash]>,
+) -> bool {
     if !state.have_responded {
         return false;
     }
@@ -1600,9 +1610,16 @@ fn nothing_to_send(doc: &mut AutoCommit, state: &sync::State) -> bool {
     if !last_sync_known {
         return false;
     }
+    let needs_nothing = state.their_need.as_ref().is_none_or(Vec::is_empty);
     state.in_flight
-        || (state.their_heads.as_ref() == Some(&heads)
-            && state.their_need.as_ref().is_none_or(Vec::is_empty))
+        || (state.their_heads.as_ref() == Some(&heads) && needs_nothing)
+        || (caught_up == Some(heads.as_slice())
+            && needs_nothing
+            && !state.needs_reset
+            && state
+                .their_heads
+                .as_ref()
+                .is_some_and(|theirs| doc.get_missing_deps(theirs).is_empty()))
 }
 
 /// What we know a peer holds or was sent after it sent us a message (see [`forward`]): all of
@@ -1896,6 +1913,8 @@ mod tests {
         /// Sync messages that passed changes on as they arrived (see [`forward`]): ours say
         /// "we hold everything up to our heads" with an empty filter.
         direct_forwards: usize,
+        /// Frames each (node, connection) sent.
+        frames_sent: HashMap<(usize, ConnId), usize>,
         now: Instant,
     }
 
@@ -1907,6 +1926,7 @@ mod tests {
                 queue: VecDeque::new(),
                 bytes_sent: 0,
                 direct_forwards: 0,
+                frames_sent: HashMap::new(),
                 now: Instant::now(),
             }
         }
@@ -1990,6 +2010,7 @@ mod tests {
                         }
                         let bytes = message.encode();
                         self.bytes_sent += bytes.len();
+                        *self.frames_sent.entry((node, conn)).or_default() += 1;
                         if let Some(&(to, to_conn)) = self.links.get(&(node, conn)) {
                             self.queue.push_back((to, to_conn, bytes));
                         }
@@ -2255,6 +2276,23 @@ mod tests {
             // The three other clients get the change without the relay asking Automerge.
             assert_eq!(net.direct_forwards, 3, "round {round}");
         }
+    }
+
+    #[test]
+    fn a_peer_acknowledging_while_more_is_on_its_way_gets_no_answer() {
+        let (mut net, id) = relay_with_clients(2);
+        net.frames_sent.clear();
+        // Two edits in a row: the relay passes the second on before the other client's
+        // acknowledgement of the first, which names heads the relay has moved past, arrives.
+        edit(&mut net, 1, id, 0);
+        edit(&mut net, 1, id, 1);
+        net.run();
+        assert_converged(&mut net, id);
+        // One frame per edit, and nothing in answer to that acknowledgement (Automerge would
+        // send our heads again, and the client would answer that too).
+        // (The relay is node 0 here.)
+        assert_eq!(net.frames_sent.get(&(0, ConnId(2))), Some(&2));
+        assert_eq!(net.frames_sent.get(&(2, ConnId(2))), Some(&2));
     }
 
     proptest::proptest! {

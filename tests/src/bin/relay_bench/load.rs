@@ -34,7 +34,7 @@ use coalition_core::sync::{DocumentId, Message, PeerId, PeerMetadata, StorageId}
 use coalition_core::{Coalition, Identity};
 use coalition_server::auth::{AuthDb, InviteSpec};
 use futures_util::stream::SplitSink;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
@@ -122,6 +122,9 @@ pub(super) struct ClientResult {
     last_ack: u64,
     error: Option<String>,
 }
+
+/// At most this many frames already received are applied before a client answers.
+const MAX_FRAMES_PER_ANSWER: usize = 64;
 
 fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
@@ -332,6 +335,17 @@ async fn client_inner(
                 sync_out(&mut tx, &mut doc, &mut state, &me, &relay, spec.doc_id).await?;
             }
             frame = rx.next() => {
+                // Everything that already arrived is applied before answering once, as a
+                // client under load would rather than answering each message in turn.
+                let mut frames = vec![frame];
+                while frames.len() < MAX_FRAMES_PER_ANSWER {
+                    match rx.next().now_or_never() {
+                        Some(frame) => frames.push(frame),
+                        None => break,
+                    }
+                }
+                let mut answer = false;
+                for frame in frames {
                 let bytes = match frame {
                     Some(Ok(WsMessage::Binary(b))) => b,
                     Some(Ok(WsMessage::Close(f))) => bail!("the relay closed the connection: {f:?}"),
@@ -393,7 +407,7 @@ async fn client_inner(
                                 shared.ready.fetch_add(1, Ordering::Relaxed);
                             }
                         }
-                        sync_out(&mut tx, &mut doc, &mut state, &me, &relay, spec.doc_id).await?;
+                        answer = true;
                     }
                     Message::DocUnavailable(_) if !spec.creator && doc.get_heads().is_empty() => {
                         retries += 1;
@@ -404,6 +418,10 @@ async fn client_inner(
                     }
                     Message::Error(e) => bail!("relay error: {}", e.message),
                     _ => {}
+                }
+                }
+                if answer {
+                    sync_out(&mut tx, &mut doc, &mut state, &me, &relay, spec.doc_id).await?;
                 }
             }
         }
