@@ -1233,12 +1233,7 @@ impl SyncEngine {
         let more_to_come = is_piece(&decoded);
         let before = doc.get_heads();
         let incoming = forward::Incoming::read(&decoded, doc);
-        let received = match forward::receive_without_changes(doc, &mut peer_doc.state, decoded) {
-            Ok(()) => Ok(()),
-            Err(decoded) => doc
-                .sync()
-                .receive_sync_message(&mut peer_doc.state, decoded),
-        };
+        let received = forward::receive_sync_message(doc, &mut peer_doc.state, decoded);
         if let Err(source) = received {
             out.push(error_action(
                 conn,

@@ -15,11 +15,12 @@
 //! never heard from) get the general path.
 //!
 //! Two more common cases are taken here: the answer to the author of the changes (it holds
-//! everything, so the answer only tells it our heads: [`acknowledgement`]), and a message
-//! without changes, most often a peer acknowledging ours, which Automerge would apply only
-//! after a walk over the document's whole history ([`receive_without_changes`]).
+//! everything, so the answer only tells it our heads: [`acknowledgement`]), and receiving a
+//! message without changes (most often a peer acknowledging ours) or with changes the document
+//! can take whole, which Automerge would apply only after a walk over the document's whole
+//! history ([`receive_sync_message`]).
 
-use automerge::sync::{self, BloomFilter, Have, MessageFlags, MessageVersion};
+use automerge::sync::{self, BloomFilter, Have, MessageFlags, MessageVersion, SyncDoc};
 use automerge::{AutoCommit, Change, ChangeHash};
 
 /// Changes a message brought that the document did not hold, read before applying it.
@@ -144,26 +145,43 @@ pub(super) fn acknowledgement(
     Some(direct_message(heads, Vec::new()))
 }
 
-/// Applies a sync message that carries no changes (most often a peer acknowledging changes we
-/// sent) to `state`, as `receive_sync_message` would, without its walk over the document's
-/// whole history to trim the hashes we sent: those the peer now holds are all of them when it
-/// holds our heads, and the ones it names otherwise (a hash it does not hold is never among
-/// them: it is the one thing the trimming must keep). Returns the message back when it carries
-/// changes, or when trimming that way would keep too many hashes.
-pub(super) fn receive_without_changes(
+/// Applies a sync message to `doc` and `state`, as `receive_sync_message` does, without its
+/// walk over the document's whole history to trim the hashes we sent, when the message is of
+/// the common kind: no changes (most often a peer acknowledging ours), or changes each in its
+/// own chunk whose dependencies the document already holds (a peer's new edit, or ours passed
+/// on by a relay). Hashes the peer now holds are trimmed all at once when it holds our heads,
+/// and by name otherwise (a hash it does not hold is never among them: it is the one thing the
+/// trimming must keep). Anything else goes to Automerge.
+pub fn receive_sync_message(
     doc: &mut AutoCommit,
     state: &mut sync::State,
     message: sync::Message,
-) -> Result<(), sync::Message> {
+) -> Result<(), automerge::AutomergeError> {
+    match receive_common(doc, state, message) {
+        Ok(received) => received,
+        Err(message) => doc.sync().receive_sync_message(state, message),
+    }
+}
+
+/// [`receive_sync_message`] for the messages it takes on itself; the message back otherwise.
+fn receive_common(
+    doc: &mut AutoCommit,
+    state: &mut sync::State,
+    message: sync::Message,
+) -> Result<Result<(), automerge::AutomergeError>, sync::Message> {
     const MAX_UNTRIMMED: usize = 64;
-    if !message.changes.is_empty()
-        || state.read_only
-        || state.sent_hashes.len() > MAX_UNTRIMMED
-        || !doc.get_missing_deps(&[]).is_empty()
-    {
+    if state.sent_hashes.len() > MAX_UNTRIMMED || !doc.get_missing_deps(&[]).is_empty() {
         // (With changes waiting for their dependencies, "held" would need Automerge's queue.)
         return Err(message);
     }
+    let whole = if message.changes.is_empty() {
+        Vec::new()
+    } else {
+        match (state.read_only, whole_changes(doc, &message)) {
+            (false, Some(changes)) => changes,
+            _ => return Err(message),
+        }
+    };
     let sync::Message {
         heads,
         need,
@@ -172,7 +190,6 @@ pub(super) fn receive_without_changes(
         ..
     } = message;
     state.in_flight = false;
-    let our_heads = doc.get_heads();
     if let Some(flags) = flags {
         let mut capabilities = vec![sync::Capability::MessageV2];
         if flags.contains(MessageFlags::SUPPORTS_SYNC_RESET) {
@@ -184,13 +201,24 @@ pub(super) fn receive_without_changes(
         }
         state.peer_read_only = flags.contains(MessageFlags::READ_ONLY);
     }
+    let changes_is_empty = whole.is_empty();
+    let before = doc.get_heads();
+    if !changes_is_empty {
+        if let Err(error) = doc.apply_changes(whole) {
+            return Ok(Err(error));
+        }
+        state.shared_heads = advance_heads(&before, &doc.get_heads(), &state.shared_heads);
+    }
+    let our_heads = doc.get_heads();
     if heads == our_heads {
         state.sent_hashes.clear();
-        state.last_sent_heads.clone_from(&heads);
     } else {
         for head in &heads {
             state.sent_hashes.remove(head);
         }
+    }
+    if changes_is_empty && heads == before {
+        state.last_sent_heads.clone_from(&heads);
     }
     let missing = doc.get_missing_deps(&heads);
     if heads.iter().all(|h| !missing.contains(h)) {
@@ -214,7 +242,40 @@ pub(super) fn receive_without_changes(
     state.their_have = Some(have);
     state.their_heads = Some(heads);
     state.their_need = Some(need);
-    Ok(())
+    Ok(Ok(()))
+}
+
+/// The message's changes, when applying them leaves nothing waiting: each chunk is one change,
+/// and every dependency is in the document or among the message's changes.
+fn whole_changes(doc: &mut AutoCommit, message: &sync::Message) -> Option<Vec<Change>> {
+    let mut changes = Vec::with_capacity(message.changes.len());
+    for bytes in message.changes.iter() {
+        changes.push(Change::try_from(bytes).ok()?);
+    }
+    let deps: Vec<ChangeHash> = changes
+        .iter()
+        .flat_map(|c| c.deps().iter().copied())
+        .filter(|d| !changes.iter().any(|c| c.hash() == *d))
+        .collect();
+    doc.get_missing_deps(&deps).is_empty().then_some(changes)
+}
+
+/// The shared heads after applying changes, as Automerge advances them: our new heads that
+/// are new, and the old shared heads that are still heads.
+fn advance_heads(
+    before: &[ChangeHash],
+    after: &[ChangeHash],
+    shared: &[ChangeHash],
+) -> Vec<ChangeHash> {
+    let mut advanced: Vec<ChangeHash> = after
+        .iter()
+        .filter(|h| !before.contains(h))
+        .chain(shared.iter().filter(|h| after.contains(h)))
+        .copied()
+        .collect();
+    advanced.sort();
+    advanced.dedup();
+    advanced
 }
 
 /// A message of ours that sends `changes` and says we hold everything up to `heads`. We hold
@@ -278,7 +339,6 @@ fn up_to_date(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use automerge::sync::SyncDoc;
     use automerge::transaction::{CommitOptions, Transactable};
     use automerge::{ActorId, ROOT};
 
@@ -301,12 +361,12 @@ mod tests {
         )
     }
 
-    /// Two peers sync while both keep editing; every change-less message `b` receives is
-    /// applied both by Automerge and by [`receive_without_changes`]: the states agree, except
-    /// that ours may keep hashes the peer holds (never one Automerge keeps, and none once the
-    /// peer holds our heads).
+    /// Two peers sync while both keep editing; every message `b` receives is applied both by
+    /// Automerge and by [`receive_sync_message`], each to its own copy: the documents and the
+    /// states agree, except that ours may keep hashes the peer holds (never one Automerge
+    /// keeps, and none once the peer holds our heads).
     #[test]
-    fn receiving_without_changes_matches_automerge() {
+    fn receiving_matches_automerge() {
         let mut a = AutoCommit::new().with_actor(ActorId::from([1u8; 16]));
         let mut b = AutoCommit::new().with_actor(ActorId::from([2u8; 16]));
         for n in 0..5 {
@@ -314,7 +374,7 @@ mod tests {
             edit(&mut b, "b", n);
         }
         let (mut sa, mut sb) = (sync::State::new(), sync::State::new());
-        let mut compared = 0;
+        let (mut without_changes, mut with_changes) = (0, 0);
         for round in 0..40 {
             if round % 3 == 0 {
                 edit(&mut a, "a", 100 + round);
@@ -323,26 +383,40 @@ mod tests {
                 edit(&mut b, "b", 200 + round);
             }
             if let Some(m) = a.sync().generate_sync_message(&mut sa) {
-                if m.changes.is_empty() {
-                    let mut ours = sb.clone();
-                    receive_without_changes(&mut b, &mut ours, m.clone()).expect("no changes");
-                    b.sync().receive_sync_message(&mut sb, m).expect("receive");
-                    assert_eq!(parts(&ours), parts(&sb), "round {round}");
-                    assert!(ours.sent_hashes.is_superset(&sb.sent_hashes));
-                    if ours.their_heads.as_deref() == Some(b.get_heads().as_slice()) {
-                        assert!(ours.sent_hashes.is_empty());
+                let (mut automerge_doc, mut automerge_state) = (b.clone(), sb.clone());
+                automerge_doc
+                    .sync()
+                    .receive_sync_message(&mut automerge_state, m.clone())
+                    .expect("receive");
+                let carries_changes = !m.changes.is_empty();
+                match receive_common(&mut b, &mut sb, m) {
+                    Ok(applied) => {
+                        applied.expect("applied");
+                        if carries_changes {
+                            with_changes += 1;
+                        } else {
+                            without_changes += 1;
+                        }
+                        assert_eq!(b.get_heads(), automerge_doc.get_heads(), "round {round}");
+                        assert_eq!(parts(&sb), parts(&automerge_state), "round {round}");
+                        assert!(sb.sent_hashes.is_superset(&automerge_state.sent_hashes));
+                        if sb.their_heads.as_deref() == Some(b.get_heads().as_slice()) {
+                            assert!(sb.sent_hashes.is_empty());
+                        }
                     }
-                    sb = ours;
-                    compared += 1;
-                } else {
-                    b.sync().receive_sync_message(&mut sb, m).expect("receive");
+                    // A whole document in one chunk, say: Automerge's copy goes on.
+                    Err(_) => (b, sb) = (automerge_doc, automerge_state),
                 }
             }
             if let Some(m) = b.sync().generate_sync_message(&mut sb) {
                 a.sync().receive_sync_message(&mut sa, m).expect("receive");
             }
         }
-        assert!(compared >= 5, "only {compared} messages without changes");
+        assert!(
+            without_changes >= 5,
+            "only {without_changes} without changes"
+        );
+        assert!(with_changes >= 5, "only {with_changes} with changes");
         assert_eq!(a.get_heads(), b.get_heads());
     }
 }

@@ -9,6 +9,9 @@
 //! - [`engine`]: [`SyncEngine`], the state machine that runs the handshake and one Automerge
 //!   sync state per peer and document, taking messages and time in and giving messages and
 //!   storage writes out ([`Action`]). Transports (WebSocket, QUIC) only move frames.
+//!
+//! [`receive_sync_message`] is the engine's way of applying an Automerge sync message, for
+//! peers that hold their own sync states.
 
 pub mod docid;
 pub mod engine;
@@ -20,6 +23,7 @@ pub use engine::{
     Action, ConnId, DisconnectReason, DocumentSource, EngineConfig, EngineError, Listing,
     SyncEngine,
 };
+pub use forward::receive_sync_message;
 pub use message::{
     DecodeError, Message, PeerId, PeerMetadata, RefusedChange, RefusedChanges, StorageId,
 };

@@ -363,7 +363,7 @@ async fn client_inner(
                         let decoded = sync::Message::decode(&m.data)?;
                         let their_heads = decoded.heads.clone();
                         let before = doc.get_heads();
-                        doc.sync().receive_sync_message(&mut state, decoded)?;
+                        coalition_core::sync::receive_sync_message(&mut doc, &mut state, decoded)?;
                         let now = shared.nanos();
                         if doc.get_heads() != before {
                             for c in doc.get_changes_meta(&before) {
