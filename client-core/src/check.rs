@@ -219,6 +219,9 @@ fn judge(
     // A document is created by the change that first describes it; a stock client's
     // `repo.create()` syncs an empty change before that one.
     let was_empty = fork.get(ROOT, META_KIND).ok().flatten().is_none();
+    // Patches recorded while the change is applied: without the cursor, `diff` would scan every
+    // operation of the document for each change.
+    fork.update_diff_cursor();
     fork.apply_changes([change.clone()])
         .map_err(|e| Refusal::Malformed(e.to_string()))?;
     let after = fork.get_heads();
@@ -421,6 +424,43 @@ mod tests {
 
     use super::*;
     use crate::coalition::{Coalition, Edit, Identity};
+
+    /// The patches the judge reads through the diff cursor are the ones a scan of the whole
+    /// document finds, for records added, replaced, nested and deleted.
+    #[test]
+    fn patches_through_the_cursor_match_a_full_diff() {
+        let mut doc = AutoCommit::new();
+        let items = doc.put_object(ROOT, "items", ObjType::Map).expect("map");
+        doc.put(&items, "kept", "v0").expect("put");
+        doc.commit_with(CommitOptions::default().with_time(1));
+        let mut author = doc.fork();
+        let mut changes = Vec::new();
+        for n in 0..4 {
+            author
+                .put(&items, format!("k{n}"), format!("v{n}"))
+                .expect("put");
+            let nested = author
+                .put_object(&items, format!("o{n}"), ObjType::Map)
+                .expect("obj");
+            author.put(&nested, "field", n).expect("put");
+            if n == 2 {
+                author.delete(&items, "kept").expect("delete");
+            }
+            let hash = author
+                .commit_with(CommitOptions::default().with_time(2 + n))
+                .expect("hash");
+            changes.push(author.get_change_by_hash(&hash).expect("change"));
+        }
+        let (mut cursor, mut scan) = (doc.fork(), doc.fork());
+        for change in changes {
+            let before = cursor.get_heads();
+            cursor.update_diff_cursor();
+            cursor.apply_changes([change.clone()]).expect("apply");
+            scan.apply_changes([change]).expect("apply");
+            let after = cursor.get_heads();
+            assert_eq!(cursor.diff(&before, &after), scan.diff(&before, &after));
+        }
+    }
     use crate::fixture::{area, entry, fixture, Fixture, T0};
     use crate::model::{HazardClass, Method};
 

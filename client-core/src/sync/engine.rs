@@ -354,6 +354,8 @@ struct PeerDoc {
     /// Heads all of whose history the peer holds or was sent on this connection (see
     /// [`forward`]): changes added on top of them can be passed on as they arrived.
     caught_up: Option<Vec<automerge::ChangeHash>>,
+    /// The changes passed on directly to the peer, in order (see [`forward::SentLog`]).
+    sent: forward::SentLog,
 }
 
 enum Phase {
@@ -1234,6 +1236,7 @@ impl SyncEngine {
         let before = doc.get_heads();
         let incoming = forward::Incoming::read(&decoded, doc);
         let received = forward::receive_sync_message(doc, &mut peer_doc.state, decoded);
+        peer_doc.sent.trim(&mut peer_doc.state);
         if let Err(source) = received {
             out.push(error_action(
                 conn,
@@ -1421,6 +1424,7 @@ impl SyncEngine {
                 status: PeerDocStatus::Unknown,
                 persisted,
                 caught_up: None,
+                sent: forward::SentLog::default(),
             },
         );
     }
@@ -1501,8 +1505,12 @@ impl SyncEngine {
         let Some((target_id, peer_doc)) = ready_peer_doc(&mut self.conns, conn, doc_id) else {
             return false;
         };
-        let Some(message) = arrived.message_for(doc, &mut peer_doc.state, &mut peer_doc.caught_up)
-        else {
+        let Some(message) = arrived.message_for(
+            doc,
+            &mut peer_doc.state,
+            &mut peer_doc.caught_up,
+            &mut peer_doc.sent,
+        ) else {
             return false;
         };
         self.send_sync(conn, doc_id, target_id, message, out);

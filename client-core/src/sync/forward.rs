@@ -96,13 +96,14 @@ impl Arrived {
 
     /// The message for a peer of the document, if everything up to the heads before the
     /// message already went to that peer (`caught_up`, see [`up_to_date`]), with `state` and
-    /// `caught_up` updated as `generate_sync_message` would have updated the state. `None`
-    /// when the general path must decide.
+    /// `caught_up` updated as `generate_sync_message` would have updated the state, and the
+    /// changes it sends recorded in `sent`. `None` when the general path must decide.
     pub(super) fn message_for(
         &self,
         doc: &mut AutoCommit,
         state: &mut sync::State,
         caught_up: &mut Option<Vec<ChangeHash>>,
+        sent: &mut SentLog,
     ) -> Option<sync::Message> {
         if !up_to_date(doc, state, caught_up.as_deref(), &self.before, true) {
             return None;
@@ -111,6 +112,7 @@ impl Arrived {
         for (hash, bytes) in &self.changes {
             if state.sent_hashes.insert(*hash) {
                 changes.push(bytes.clone());
+                sent.record(*hash);
             }
         }
         state.have_responded = true;
@@ -145,6 +147,46 @@ pub(super) fn acknowledgement(
     Some(direct_message(heads, Vec::new()))
 }
 
+/// Hashes we sent and [`receive_sync_message`] keeps untrimmed, at most; beyond that,
+/// Automerge's walk trims them.
+const MAX_UNTRIMMED: usize = 1024;
+
+/// The changes passed on directly to one peer on this connection, in the order they went.
+/// The connection delivers messages in order and the peer applies each as it comes, so once
+/// the peer names one of them among its heads, it holds every change sent before it too (each
+/// one's dependencies went before it, or were held already). That trims the hashes we sent
+/// while the peer is behind, when its heads never equal ours and naming its heads alone
+/// would trim only those.
+#[derive(Debug, Default)]
+pub(super) struct SentLog(std::collections::VecDeque<ChangeHash>);
+
+impl SentLog {
+    fn record(&mut self, hash: ChangeHash) {
+        if self.0.len() >= MAX_UNTRIMMED {
+            // The peer has not named any of them for a long time: Automerge's walk will trim.
+            self.0.clear();
+        }
+        self.0.push_back(hash);
+    }
+
+    /// Trims from `state` the hashes sent up to the last of `state.their_heads` we sent.
+    pub(super) fn trim(&mut self, state: &mut sync::State) {
+        if state.sent_hashes.is_empty() {
+            self.0.clear();
+            return;
+        }
+        let Some(heads) = state.their_heads.as_ref() else {
+            return;
+        };
+        let Some(last) = self.0.iter().rposition(|h| heads.contains(h)) else {
+            return;
+        };
+        for hash in self.0.drain(..=last) {
+            state.sent_hashes.remove(&hash);
+        }
+    }
+}
+
 /// Applies a sync message to `doc` and `state`, as `receive_sync_message` does, without its
 /// walk over the document's whole history to trim the hashes we sent, when the message is of
 /// the common kind: no changes (most often a peer acknowledging ours), or changes each in its
@@ -169,7 +211,6 @@ fn receive_common(
     state: &mut sync::State,
     message: sync::Message,
 ) -> Result<Result<(), automerge::AutomergeError>, sync::Message> {
-    const MAX_UNTRIMMED: usize = 64;
     if state.sent_hashes.len() > MAX_UNTRIMMED || !doc.get_missing_deps(&[]).is_empty() {
         // (With changes waiting for their dependencies, "held" would need Automerge's queue.)
         return Err(message);
@@ -359,6 +400,33 @@ mod tests {
             state.their_capabilities.clone(),
             state.peer_read_only,
         )
+    }
+
+    #[test]
+    fn a_peer_naming_a_change_we_sent_holds_everything_sent_before_it() {
+        let hashes: Vec<ChangeHash> = (0..5u8).map(|n| ChangeHash([n; 32])).collect();
+        let mut state = sync::State::new();
+        let mut sent = SentLog::default();
+        for hash in &hashes {
+            state.sent_hashes.insert(*hash);
+            sent.record(*hash);
+        }
+        // Its own change among its heads says nothing about ours.
+        state.their_heads = Some(vec![ChangeHash([9; 32])]);
+        sent.trim(&mut state);
+        assert_eq!(state.sent_hashes.len(), 5);
+        // It names the third (and its own): the first three are held.
+        state.their_heads = Some(vec![ChangeHash([9; 32]), hashes[2]]);
+        sent.trim(&mut state);
+        assert_eq!(
+            state.sent_hashes.iter().copied().collect::<Vec<_>>(),
+            hashes[3..].to_vec()
+        );
+        // Then the last: nothing is kept.
+        state.their_heads = Some(vec![hashes[4]]);
+        sent.trim(&mut state);
+        assert!(state.sent_hashes.is_empty());
+        assert!(sent.0.is_empty());
     }
 
     /// Two peers sync while both keep editing; every message `b` receives is applied both by

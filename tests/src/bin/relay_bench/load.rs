@@ -362,27 +362,34 @@ async fn client_inner(
                     Message::Sync(m) | Message::Request(m) if m.document_id == spec.doc_id => {
                         let decoded = sync::Message::decode(&m.data)?;
                         let their_heads = decoded.heads.clone();
-                        let before = doc.get_heads();
+                        // Other clients' edits this message brings: "client:seq:nanos" in the
+                        // commit message of each change the document does not hold yet.
+                        let mut arrivals = Vec::new();
+                        for bytes in decoded.changes.iter() {
+                            let Ok(change) = automerge::Change::try_from(bytes) else { continue };
+                            let hash = change.hash();
+                            if !doc.get_missing_deps(&[hash]).contains(&hash) {
+                                continue;
+                            }
+                            let Some(text) = change.message() else { continue };
+                            let mut parts = text.split(':');
+                            let (Some(from), Some(_seq), Some(at)) = (parts.next(), parts.next(), parts.next()) else {
+                                continue;
+                            };
+                            let (Ok(from), Ok(at)) = (from.parse::<usize>(), at.parse::<u64>()) else {
+                                continue;
+                            };
+                            if from != spec.ix {
+                                arrivals.push(at);
+                            }
+                        }
                         coalition_core::sync::receive_sync_message(&mut doc, &mut state, decoded)?;
                         let now = shared.nanos();
-                        if doc.get_heads() != before {
-                            for c in doc.get_changes_meta(&before) {
-                                let Some(text) = c.message.as_deref() else { continue };
-                                let mut parts = text.split(':');
-                                let (Some(from), Some(_seq), Some(at)) = (parts.next(), parts.next(), parts.next()) else {
-                                    continue;
-                                };
-                                let (Ok(from), Ok(at)) = (from.parse::<usize>(), at.parse::<u64>()) else {
-                                    continue;
-                                };
-                                if from == spec.ix {
-                                    continue;
-                                }
-                                result.delivered += 1;
-                                shared.delivered.fetch_add(1, Ordering::Relaxed);
-                                result.latencies.push(now.saturating_sub(at) / 1000);
-                                result.last_delivery = now;
-                            }
+                        for at in arrivals {
+                            result.delivered += 1;
+                            shared.delivered.fetch_add(1, Ordering::Relaxed);
+                            result.latencies.push(now.saturating_sub(at) / 1000);
+                            result.last_delivery = now;
                         }
                         // The relay has our edits whose hashes are among its heads (and every
                         // earlier edit of ours, which they depend on).
