@@ -1246,9 +1246,14 @@ impl SyncEngine {
         }
         let after = doc.get_heads();
         let changed = after != before;
-        let arrived = incoming
-            .filter(|_| changed)
-            .and_then(|incoming| incoming.applied(doc));
+        let arrived = match incoming.filter(|_| changed) {
+            Some(incoming) => incoming.applied(doc),
+            // A whole document in one chunk, say: what it added is read from the document.
+            None if changed => {
+                forward::Arrived::since(doc, &before, self.config.max_message_changes)
+            }
+            None => None,
+        };
         peer_doc.caught_up = sender_caught_up(
             &peer_doc.state,
             peer_doc.caught_up.take(),
@@ -1456,9 +1461,15 @@ impl SyncEngine {
             self.send_sync(conn, doc_id, target_id, message, out);
             return;
         }
+        let informed = told_what_it_has(doc, &peer_doc.state);
         let pieces = bounded_messages(doc, &mut peer_doc.state, self.config.max_message_changes);
         if pieces.is_empty() {
             return;
+        }
+        if informed {
+            // Automerge sent everything the peer's account of what it has lacks, or sent it
+            // before: from here on it can be passed changes as they arrive.
+            peer_doc.caught_up = Some(doc.get_heads());
         }
         // As automerge-repo: with nothing of the document, and nothing known about the peer's
         // copy, the message asks for the document.
@@ -1623,6 +1634,21 @@ fn nothing_to_send(
                 .their_heads
                 .as_ref()
                 .is_some_and(|theirs| doc.get_missing_deps(theirs).is_empty()))
+}
+
+/// Whether the peer told us what it has (its heads, what it needs, and a Bloom filter of what
+/// it holds since a sync point we know), so that `generate_sync_message` sends it everything
+/// it lacks. A change the filter wrongly claims it holds is left out; the peer, missing it as a
+/// dependency, asks for it by its `need`, which takes it off the direct path until then.
+fn told_what_it_has(doc: &mut AutoCommit, state: &sync::State) -> bool {
+    if state.read_only || state.peer_read_only || doc.get_heads().is_empty() {
+        return false;
+    }
+    let (Some(have), Some(_)) = (state.their_have.as_ref(), state.their_need.as_ref()) else {
+        return false;
+    };
+    have.first()
+        .is_none_or(|have| doc.get_missing_deps(&have.last_sync).is_empty())
 }
 
 /// What we know a peer holds or was sent after it sent us a message (see [`forward`]): all of
@@ -2296,6 +2322,39 @@ mod tests {
         // (The relay is node 0 here.)
         assert_eq!(net.frames_sent.get(&(0, ConnId(2))), Some(&2));
         assert_eq!(net.frames_sent.get(&(2, ConnId(2))), Some(&2));
+    }
+
+    #[test]
+    fn edits_that_came_as_a_whole_document_are_passed_on_as_changes() {
+        let (mut net, id) = relay_with_clients(3);
+        net.direct_forwards = 0;
+        // Many edits at once: more than a third of the document's changes, which Automerge
+        // sends as the whole document in one chunk.
+        let doc = net.nodes[1].store.loaded.get_mut(&id).expect("doc");
+        for n in 0..30 {
+            doc.put(ROOT, format!("offline-{n}"), n).expect("put");
+            doc.commit_with(CommitOptions::default().with_time(1_700_000_000 + n));
+        }
+        let node = &mut net.nodes[1];
+        let actions = node.engine.local_change(id, &mut node.store);
+        let whole = actions.iter().any(|a| match a {
+            Action::Send {
+                message: Message::Sync(m),
+                ..
+            } => sync::Message::decode(&m.data).is_ok_and(|m| {
+                m.version == sync::MessageVersion::V2
+                    && m.changes
+                        .iter()
+                        .any(|c| automerge::Change::try_from(c).is_err())
+            }),
+            _ => false,
+        });
+        assert!(whole, "the edits go as a whole document");
+        net.handle(1, actions);
+        net.run();
+        assert_converged(&mut net, id);
+        // The two other clients get the 30 changes without the relay asking Automerge.
+        assert_eq!(net.direct_forwards, 2);
     }
 
     proptest::proptest! {

@@ -84,6 +84,37 @@ pub(super) struct Arrived {
 }
 
 impl Arrived {
+    /// The changes the document gained since `before`, when they came in a form [`Incoming`]
+    /// does not read (a whole document in one chunk: Automerge sends one when the changes are
+    /// more than a third of the document's), found once here instead of once per peer. `None`
+    /// when something waits for a dependency or the changes come to more than `max_bytes`.
+    pub(super) fn since(
+        doc: &mut AutoCommit,
+        before: &[ChangeHash],
+        max_bytes: usize,
+    ) -> Option<Arrived> {
+        if !doc.get_missing_deps(&[]).is_empty() {
+            return None;
+        }
+        let mut changes = Vec::new();
+        let mut bytes = 0;
+        for change in doc.get_changes(before) {
+            bytes += change.raw_bytes().len();
+            if bytes > max_bytes {
+                return None;
+            }
+            changes.push((change.hash(), change.raw_bytes().to_vec()));
+        }
+        if changes.is_empty() {
+            return None;
+        }
+        Some(Arrived {
+            before: before.to_vec(),
+            after: doc.get_heads(),
+            changes,
+        })
+    }
+
     /// The bytes of the changes.
     pub(super) fn byte_len(&self) -> usize {
         self.changes.iter().map(|(_, bytes)| bytes.len()).sum()

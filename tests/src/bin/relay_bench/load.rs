@@ -363,27 +363,39 @@ async fn client_inner(
                         let decoded = sync::Message::decode(&m.data)?;
                         let their_heads = decoded.heads.clone();
                         // Other clients' edits this message brings: "client:seq:nanos" in the
-                        // commit message of each change the document does not hold yet.
+                        // commit message of each change the document did not hold. Read from
+                        // the message when each chunk is a change; a relay may also send the
+                        // whole document in one chunk, and then the document says what is new.
+                        let parsed: Option<Vec<automerge::Change>> = decoded
+                            .changes
+                            .iter()
+                            .map(|bytes| automerge::Change::try_from(bytes).ok())
+                            .collect();
                         let mut arrivals = Vec::new();
-                        for bytes in decoded.changes.iter() {
-                            let Ok(change) = automerge::Change::try_from(bytes) else { continue };
-                            let hash = change.hash();
-                            if !doc.get_missing_deps(&[hash]).contains(&hash) {
-                                continue;
-                            }
-                            let Some(text) = change.message() else { continue };
-                            let mut parts = text.split(':');
-                            let (Some(from), Some(_seq), Some(at)) = (parts.next(), parts.next(), parts.next()) else {
-                                continue;
-                            };
-                            let (Ok(from), Ok(at)) = (from.parse::<usize>(), at.parse::<u64>()) else {
-                                continue;
-                            };
+                        let mut edit_of = |message: Option<&str>| {
+                            let mut parts = message?.split(':');
+                            let (from, _seq, at) = (parts.next()?, parts.next()?, parts.next()?);
+                            let (from, at) = (from.parse::<usize>().ok()?, at.parse::<u64>().ok()?);
                             if from != spec.ix {
                                 arrivals.push(at);
                             }
+                            Some(())
+                        };
+                        let before = doc.get_heads();
+                        if let Some(changes) = &parsed {
+                            for change in changes {
+                                let hash = change.hash();
+                                if doc.get_missing_deps(&[hash]).contains(&hash) {
+                                    edit_of(change.message());
+                                }
+                            }
                         }
                         coalition_core::sync::receive_sync_message(&mut doc, &mut state, decoded)?;
+                        if parsed.is_none() && doc.get_heads() != before {
+                            for c in doc.get_changes_meta(&before) {
+                                edit_of(c.message.as_deref());
+                            }
+                        }
                         let now = shared.nanos();
                         for at in arrivals {
                             result.delivered += 1;
