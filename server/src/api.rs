@@ -126,7 +126,8 @@ pub struct EnrollResponse {
     pub documents: Vec<KnownDocument>,
 }
 
-async fn enroll(
+/// `POST /api/v1/enroll`; also what [`crate::quic`] answers an enrollment with.
+pub(crate) async fn enroll(
     State(state): State<AppState>,
     body: Result<Json<EnrollRequest>, JsonRejection>,
 ) -> Result<Json<EnrollResponse>, AppError> {

@@ -13,6 +13,15 @@
 //! configured. Devices check it against the SHA-256 pin of its public key that their invite
 //! carries; [`QuicIdentity::pin`] is what `serve --demo` and `admin invite` print.
 //!
+//! A connection whose first frame is `{"enroll": {...}}` (a credential never starts with `{`)
+//! enrolls a new device instead: the relay answers with the body `POST /api/v1/enroll` would
+//! give (or its JSON error with the status) and closes. A device that enrolls this way keeps
+//! the TLS session, so its first sync resumes it and sends its requests as 0-RTT data. An
+//! invite is used once, so an enrollment is acted on only once the handshake is complete,
+//! never on 0-RTT data. Enrollment tokens for address validation (`NEW_TOKEN`) let the relay
+//! answer a resumed connection's first flight at full speed, without the threefold
+//! anti-amplification limit of an address it has not checked yet.
+//!
 //! 0-RTT is accepted, and what a device may send in it is safe to act on when replayed: the
 //! `hello`, the `join`, and its first sync message for each document. Applying a change the
 //! relay already holds changes nothing, a replayed sync message only makes the relay answer
@@ -20,17 +29,20 @@
 //! against its author's rights whatever connection brings it. Connection migration is on (a device that changes networks keeps its
 //! connection); keep-alive, idle timeout and congestion controller are the device's.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
+use axum::extract::State;
+use axum::Json;
 use coalition_core::sync::ConnId;
 use coalition_core::transport::quic::pin::SpkiPin;
 use coalition_core::transport::quic::wire::{self, Congestion, StreamEvent, StreamRouter};
 use quinn::crypto::rustls::QuicServerConfig;
-use quinn::{Connection, Endpoint, VarInt};
+use quinn::{Connection, Endpoint, VarInt, ZeroRttAccepted};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::mpsc;
@@ -54,8 +66,12 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(60);
 /// TLS sessions kept for resumption.
 const SESSION_CACHE: usize = 8192;
 
-/// The largest `hello` (a credential is 69 bytes).
+/// The largest `hello` (a credential is 69 bytes; an enrollment request a few hundred).
 const MAX_HELLO: usize = 4096;
+
+/// Address validation tokens remembered as used, at most: beyond it a token is refused (the
+/// device's first flight then waits for the handshake, as without a token).
+const MAX_USED_TOKENS: usize = 1 << 20;
 
 /// Why the QUIC endpoint could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -175,7 +191,42 @@ impl QuicIdentity {
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
         config.transport_config(Arc::new(wire::transport_config(congestion)));
         config.migration(true);
+        // A device that connected before presents a token from it, so the relay knows its
+        // address answers and can send a resumed connection's answers (a new device's whole
+        // first download) before the handshake completes, rather than three times what it
+        // received.
+        let mut tokens = quinn::ValidationTokenConfig::default();
+        tokens.log(Arc::new(UsedTokens::default())).sent(2);
+        config.validation_token_config(tokens);
         Ok(config)
+    }
+}
+
+/// The address validation tokens devices used, each accepted once (a token can be read off
+/// the wire and replayed to make the relay send to an address that did not ask).
+#[derive(Default)]
+struct UsedTokens(Mutex<HashMap<u128, SystemTime>>);
+
+impl quinn::TokenLog for UsedTokens {
+    fn check_and_insert(
+        &self,
+        nonce: u128,
+        issued: SystemTime,
+        lifetime: Duration,
+    ) -> Result<(), quinn::TokenReuseError> {
+        let mut used = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if used.len() >= MAX_USED_TOKENS {
+            // quinn refuses expired tokens itself: those can go.
+            let now = SystemTime::now();
+            used.retain(|_, issued| *issued + lifetime > now);
+            if used.len() >= MAX_USED_TOKENS {
+                return Err(quinn::TokenReuseError);
+            }
+        }
+        match used.insert(nonce, issued) {
+            None => Ok(()),
+            Some(_) => Err(quinn::TokenReuseError),
+        }
     }
 }
 
@@ -218,9 +269,85 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), QuicSetupError> {
     file.sync_all().map_err(file_err)
 }
 
+/// The longest a resumed connection's handshake flight waits for the answers to the 0-RTT
+/// data that came with the device's first datagram.
+const FIRST_ANSWER_WAIT: Duration = Duration::from_millis(20);
+
+thread_local! {
+    /// The gate [`Held::spawn`] gives the next task it starts on this thread: set around
+    /// `Incoming::accept`, which starts the new connection's driver.
+    static NEXT_GATE: std::cell::RefCell<Option<tokio::sync::watch::Receiver<bool>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Tokio, with a new connection's driver held back until its gate opens.
+///
+/// A device that resumes its session sends its `hello`, `join` and first document messages
+/// as 0-RTT data with its Initial packet. quinn answers that datagram at once with the
+/// handshake flight, padded to 1,200 bytes (RFC 9000 §14.1), and the relay's `welcome` and
+/// `peer`, ready a few milliseconds later, follow in datagrams of their own. Held until they
+/// are written (at most [`FIRST_ANSWER_WAIT`]), they fill the padding instead: on a 64 kbit/s
+/// link the answers arrive 40–50 ms sooner.
+#[derive(Debug)]
+struct Held;
+
+impl quinn::Runtime for Held {
+    fn new_timer(&self, at: std::time::Instant) -> std::pin::Pin<Box<dyn quinn::AsyncTimer>> {
+        quinn::TokioRuntime.new_timer(at)
+    }
+
+    fn spawn(&self, future: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) {
+        match NEXT_GATE.with(|g| g.borrow_mut().take()) {
+            Some(mut gate) => {
+                tokio::spawn(async move {
+                    // A dropped sender opens the gate too.
+                    if gate.wait_for(|open| *open).await.is_err() {
+                        tracing::trace!("a QUIC connection starts without its gate");
+                    }
+                    future.await
+                });
+            }
+            None => {
+                tokio::spawn(future);
+            }
+        }
+    }
+
+    fn wrap_udp_socket(
+        &self,
+        socket: std::net::UdpSocket,
+    ) -> std::io::Result<Arc<dyn quinn::AsyncUdpSocket>> {
+        quinn::TokioRuntime.wrap_udp_socket(socket)
+    }
+}
+
 /// Binds the QUIC endpoint.
 pub fn bind(addr: SocketAddr, config: quinn::ServerConfig) -> Result<Endpoint, QuicSetupError> {
-    Endpoint::server(config, addr).map_err(|source| QuicSetupError::Bind { addr, source })
+    let bind_err = |source| QuicSetupError::Bind { addr, source };
+    let runtime = Arc::new(Held);
+    let socket = std::net::UdpSocket::bind(addr).map_err(bind_err)?;
+    let socket = quinn::Runtime::wrap_udp_socket(&*runtime, socket).map_err(bind_err)?;
+    Endpoint::new_with_abstract_socket(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        socket,
+        runtime,
+    )
+    .map_err(bind_err)
+}
+
+/// Opens a held connection's gate (see [`Held`]).
+#[derive(Clone)]
+struct Gate(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Gate {
+    fn open(&self) {
+        self.0.send_replace(true);
+    }
+
+    fn is_open(&self) -> bool {
+        *self.0.borrow()
+    }
 }
 
 /// Accepts connections until the endpoint closes; each runs in its own task.
@@ -229,13 +356,24 @@ pub async fn serve(endpoint: Endpoint, state: AppState) {
         let state = state.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
-            match incoming.accept() {
+            let (gate, held) = tokio::sync::watch::channel(false);
+            let gate = Gate(Arc::new(gate));
+            NEXT_GATE.with(|g| *g.borrow_mut() = Some(held));
+            let accepted = incoming.accept();
+            NEXT_GATE.with(|g| g.borrow_mut().take());
+            // However the first answers go, the handshake flight waits no longer than this.
+            let deadline = gate.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(FIRST_ANSWER_WAIT).await;
+                deadline.open();
+            });
+            match accepted {
                 // A server's 0.5-RTT conversion always succeeds; see the module docs for why
                 // what a device may send early is safe to act on.
                 Ok(connecting) => match connecting.into_0rtt() {
-                    Ok((conn, _)) => supervise(conn, state).await,
+                    Ok((conn, handshake)) => supervise(conn, Some(handshake), gate, state).await,
                     Err(connecting) => match connecting.await {
-                        Ok(conn) => supervise(conn, state).await,
+                        Ok(conn) => supervise(conn, None, gate, state).await,
                         Err(e) => tracing::debug!(%remote, error = %e, "QUIC handshake failed"),
                     },
                 },
@@ -246,15 +384,21 @@ pub async fn serve(endpoint: Endpoint, state: AppState) {
 }
 
 /// Runs one connection in its own task, so that a panic in it is caught here and the hub
-/// still learns that the connection is gone.
-async fn supervise(conn: Connection, state: AppState) {
+/// still learns that the connection is gone. `handshake` completes with the handshake, if the
+/// connection started before it did.
+async fn supervise(
+    conn: Connection,
+    handshake: Option<ZeroRttAccepted>,
+    gate: Gate,
+    state: AppState,
+) {
     let metrics_state = state.clone();
     let metrics = metrics_state.metrics();
     metrics.connections.fetch_add(1, Ordering::Relaxed);
     metrics.connections_total.fetch_add(1, Ordering::Relaxed);
     let id = state.next_conn();
     let hub = state.hub().clone();
-    let task = tokio::spawn(run(conn, id, state));
+    let task = tokio::spawn(run(conn, handshake, gate, id, state));
     match task.await {
         Ok(_) => {}
         Err(e) => {
@@ -265,10 +409,19 @@ async fn supervise(conn: Connection, state: AppState) {
     metrics.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// Authenticates, then moves frames. Returns whether the hub knew the connection.
-async fn run(conn: Connection, id: ConnId, state: AppState) -> bool {
+/// Authenticates, then moves frames (or enrolls a device). Returns whether the hub knew the
+/// connection.
+async fn run(
+    conn: Connection,
+    handshake: Option<ZeroRttAccepted>,
+    gate: Gate,
+    id: ConnId,
+    state: AppState,
+) -> bool {
     let remote = conn.remote_address();
-    let accepted = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await;
+    // Without 0-RTT data there is nothing to answer early: the handshake goes at once.
+    let accepted =
+        tokio::time::timeout(HELLO_TIMEOUT, wire::unless_held(&gate.0, conn.accept_bi())).await;
     let (mut send, mut recv) = match accepted {
         Ok(Ok(streams)) => streams,
         Ok(Err(e)) => {
@@ -280,8 +433,17 @@ async fn run(conn: Connection, id: ConnId, state: AppState) -> bool {
             return false;
         }
     };
-    let hello = tokio::time::timeout(HELLO_TIMEOUT, wire::read_frame(&mut recv, MAX_HELLO)).await;
+    let hello = tokio::time::timeout(
+        HELLO_TIMEOUT,
+        wire::unless_held(&gate.0, wire::read_frame(&mut recv, MAX_HELLO)),
+    )
+    .await;
     let credential = match hello {
+        Ok(Ok(Some(bytes))) if bytes.first() == Some(&b'{') => {
+            gate.open();
+            enroll(&conn, handshake, &mut send, &bytes, state).await;
+            return false;
+        }
         Ok(Ok(Some(bytes))) => String::from_utf8_lossy(&bytes).trim().to_owned(),
         Ok(Ok(None)) | Err(_) => {
             conn.close(VarInt::from_u32(wire::CLOSE_PROTOCOL), b"no hello");
@@ -296,6 +458,7 @@ async fn run(conn: Connection, id: ConnId, state: AppState) -> bool {
     let device = match state.authenticate(credential).await {
         Ok(device) => device,
         Err(error) => {
+            gate.open();
             refuse(&conn, &mut send, &error).await;
             return false;
         }
@@ -317,19 +480,95 @@ async fn run(conn: Connection, id: ConnId, state: AppState) -> bool {
     {
         return false;
     }
-    pump(conn, id, send, recv, hub.clone(), frames).await;
+    pump(conn, id, send, recv, gate, hub.clone(), frames).await;
     hub.send(Event::Closed { conn: id }).await;
     true
 }
 
-/// Tells a device why its credential was refused, as the HTTP endpoints would, and closes.
-async fn refuse(conn: &Connection, send: &mut quinn::SendStream, error: &AppError) {
-    let body = serde_json::json!({
+/// The first frame of a connection that enrolls a device.
+#[derive(serde::Deserialize)]
+struct EnrollHello {
+    enroll: crate::api::EnrollRequest,
+}
+
+/// Enrolls a device as `POST /api/v1/enroll` would, answers on the control stream, and closes.
+async fn enroll(
+    conn: &Connection,
+    handshake: Option<ZeroRttAccepted>,
+    send: &mut quinn::SendStream,
+    hello: &[u8],
+    state: AppState,
+) {
+    // 0-RTT data can be replayed: an invite is used only on a complete handshake.
+    if let Some(handshake) = handshake {
+        if tokio::time::timeout(HELLO_TIMEOUT, handshake)
+            .await
+            .is_err()
+        {
+            conn.close(VarInt::from_u32(wire::CLOSE_PROTOCOL), b"no handshake");
+            return;
+        }
+    }
+    let answer = match serde_json::from_slice::<EnrollHello>(hello) {
+        Ok(EnrollHello { enroll }) => crate::api::enroll(State(state), Ok(Json(enroll)))
+            .await
+            .map(|Json(answer)| answer),
+        Err(e) => Err(AppError::BadRequest(format!(
+            "not an enrollment request: {e}"
+        ))),
+    };
+    let answer = answer.and_then(|answer| serde_json::to_vec(&answer).map_err(AppError::internal));
+    match answer {
+        Ok(body) => answer_and_close(conn, send, &body, wire::CLOSE_DONE, b"enrolled").await,
+        Err(error) => {
+            tracing::info!(remote = %conn.remote_address(), code = error.code(), "QUIC enrollment refused");
+            let body = error_body(&error);
+            answer_and_close(
+                conn,
+                send,
+                &body,
+                wire::CLOSE_REFUSED,
+                error.code().as_bytes(),
+            )
+            .await;
+        }
+    }
+}
+
+/// An API error as the HTTP endpoints write it, with the status.
+fn error_body(error: &AppError) -> Vec<u8> {
+    serde_json::json!({
         "status": error.status().as_u16(),
         "error": { "code": error.code(), "message": error.to_string() },
-    });
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Tells a device why its credential was refused, as the HTTP endpoints would, and closes.
+async fn refuse(conn: &Connection, send: &mut quinn::SendStream, error: &AppError) {
     tracing::info!(remote = %conn.remote_address(), code = error.code(), "QUIC credential refused");
-    match wire::write_frame(send, body.to_string().as_bytes()).await {
+    let body = error_body(error);
+    answer_and_close(
+        conn,
+        send,
+        &body,
+        wire::CLOSE_REFUSED,
+        error.code().as_bytes(),
+    )
+    .await;
+}
+
+/// Writes the last frame of a connection, waits (bounded) until the device has it, so the
+/// close does not overtake it, and closes.
+async fn answer_and_close(
+    conn: &Connection,
+    send: &mut quinn::SendStream,
+    body: &[u8],
+    code: u32,
+    reason: &[u8],
+) {
+    match wire::write_frame(send, body).await {
         Ok(()) => {
             if send.finish().is_ok() {
                 // Wait (bounded) until the device has the answer, so the close does not
@@ -338,16 +577,42 @@ async fn refuse(conn: &Connection, send: &mut quinn::SendStream, error: &AppErro
                     .await
                     .is_err()
                 {
-                    tracing::debug!("the refused device did not read its answer");
+                    tracing::debug!("the device did not read its answer");
                 }
             }
         }
-        Err(e) => tracing::debug!(error = %e, "cannot tell a device its credential was refused"),
+        Err(e) => tracing::debug!(error = %e, "cannot send a device its answer"),
     }
-    conn.close(
-        VarInt::from_u32(wire::CLOSE_REFUSED),
-        error.code().as_bytes(),
-    );
+    conn.close(VarInt::from_u32(code), reason);
+}
+
+/// The hub's first answer (the `peer`, and whatever it answered with it) goes with the
+/// handshake flight: takes every frame already waiting, lets the connection send once they
+/// are written (see [`Held`]), and returns a close that was waiting behind them.
+async fn first_answer(
+    router: &mut StreamRouter,
+    frames: &mut mpsc::Receiver<Outgoing>,
+    gate: &Gate,
+    id: ConnId,
+) -> Option<Outgoing> {
+    let mut close = None;
+    while let Ok(outgoing) = frames.try_recv() {
+        match outgoing {
+            Outgoing::Frame(bytes) => router.send(bytes),
+            other => {
+                close = Some(other);
+                break;
+            }
+        }
+    }
+    if tokio::time::timeout(FIRST_ANSWER_WAIT, router.written())
+        .await
+        .is_err()
+    {
+        tracing::debug!(conn = %id, "the first answer was not written in time");
+    }
+    gate.open();
+    close
 }
 
 /// Moves frames between the streams and the hub until either side ends.
@@ -356,6 +621,7 @@ async fn pump(
     id: ConnId,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
+    gate: Gate,
     hub: HubHandle,
     mut frames: mpsc::Receiver<Outgoing>,
 ) {
@@ -392,7 +658,18 @@ async fn pump(
                 None => break,
             },
             outgoing = frames.recv() => match outgoing {
-                Some(Outgoing::Frame(bytes)) => router.send(bytes),
+                Some(Outgoing::Frame(bytes)) => {
+                    router.send(bytes);
+                    if !gate.is_open() {
+                        if let Some(Outgoing::Close { code, reason }) =
+                            first_answer(&mut router, &mut frames, &gate, id).await
+                        {
+                            router.finish(Duration::from_secs(2), false).await;
+                            conn.close(VarInt::from_u32(u32::from(code)), reason.as_bytes());
+                            return;
+                        }
+                    }
+                }
                 Some(Outgoing::Close { code, reason }) => {
                     // The engine's last words (an `error`) go out before the close.
                     router.finish(Duration::from_secs(2), false).await;

@@ -138,6 +138,21 @@ struct Control {
     started: Instant,
     /// UDP: every client address seen, in order.
     clients: Mutex<Vec<SocketAddr>>,
+    /// UDP: what [`LinkSim::record`] keeps, while it is on.
+    log: Mutex<Option<Vec<Datagram>>>,
+}
+
+/// One datagram offered to a UDP link, as [`LinkSim::record`] keeps it.
+#[derive(Debug, Clone)]
+pub struct Datagram {
+    /// When it was offered, from the proxy's start.
+    pub sent: Duration,
+    /// From the client toward the server.
+    pub up: bool,
+    /// When it arrived, from the proxy's start; `None` if the link dropped it.
+    pub arrived: Option<Duration>,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
 }
 
 impl Control {
@@ -148,6 +163,7 @@ impl Control {
             counters: Counters::default(),
             started: Instant::now(),
             clients: Mutex::new(Vec::new()),
+            log: Mutex::new(None),
         })
     }
 
@@ -293,6 +309,17 @@ impl LinkSim {
             .clone()
     }
 
+    /// UDP: starts keeping every datagram offered to the link (with its fate), or stops and
+    /// returns those kept. Recording changes nothing about what the link does.
+    pub fn record(&self, on: bool) -> Vec<Datagram> {
+        let mut log = self.control.log.lock().unwrap_or_else(|e| e.into_inner());
+        let kept = log.take().unwrap_or_default();
+        if on {
+            *log = Some(Vec::new());
+        }
+        kept
+    }
+
     /// Time since the proxy started.
     pub fn elapsed(&self) -> Duration {
         self.control.started.elapsed()
@@ -428,7 +455,24 @@ fn forward<T>(
     }
     let len = packet.1.len();
     control.count(up, len);
-    match line.send(len) {
+    let fate = line.send(len);
+    if let Some(log) = control
+        .log
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_mut()
+    {
+        log.push(Datagram {
+            sent: control.started.elapsed(),
+            up,
+            arrived: match fate {
+                Fate::Arrives(at) => Some(at.saturating_duration_since(control.started)),
+                Fate::Lost => None,
+            },
+            bytes: packet.1.clone(),
+        });
+    }
+    match fate {
         Fate::Arrives(at) => {
             // The delivery task only ends with the proxy.
             if out.send((at, packet)).is_err() {

@@ -200,7 +200,7 @@ impl Link {
     pub(crate) async fn close_answered(&mut self) {
         match self {
             Link::Ws(_) => self.close().await,
-            Link::Quic(quic) => quic.close(Duration::from_millis(10)).await,
+            Link::Quic(quic) => quic.close_answered(Duration::from_millis(10)).await,
         }
     }
 

@@ -3,20 +3,25 @@
 //!
 //! ```text
 //! link-bench [--runs 3] [--seed 1] [--links clean,2g,satellite] [--transports quic,websocket]
+//!            [--trace]
 //! ```
 //!
 //! The relay is the release `coalition-server` next to this binary (or `$COALITION_SERVER`),
 //! run with `serve --demo` on 127.0.0.1; every device reaches it through the link simulator
 //! (`coalition_tests::linksim`), one proxy per transport, and syncs with
 //! `coalition_core::transport::sync_once` in this process. Each run is a fresh device (a new
-//! invite): "initial" is its first sync, "edit" the sync after it adds one comment.
+//! invite) that enrolls through the same link (over QUIC for the QUIC rows, which leaves a TLS
+//! session to resume; over HTTP for the WebSocket rows), reported on a row of its own:
+//! "initial" is its first sync, "edit" the sync after it adds one comment.
 //!
 //! Columns: wall time of the sync (connecting included); bytes through the proxy both ways
 //! (UDP payloads with QUIC's and TLS's overhead and every retransmission; TCP payloads with
 //! the modelled retransmissions; no IP, UDP or TCP headers); the sync's own frame bytes; the
 //! physical floor = the larger direction's frame bytes ÷ bandwidth + one RTT; time ÷ floor;
 //! and "RTTs", (time − serialization) ÷ RTT, the round trips the time is worth. Medians of
-//! `--runs` runs. Output is Markdown on stdout; progress on stderr.
+//! `--runs` runs. Output is Markdown on stdout; progress on stderr, and with `--trace` every
+//! datagram of every QUIC sync: when it was offered and arrived (or was lost), its size and
+//! the QUIC packets coalesced in it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -25,7 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use coalition_core::store::Store;
 use coalition_core::transport::{self, SyncOptions, Transport};
-use coalition_tests::linksim::{tcp_proxy, udp_proxy, LinkSim, LinkSpec};
+use coalition_tests::linksim::{tcp_proxy, udp_proxy, Datagram, LinkSim, LinkSpec};
 
 struct Relay {
     child: Child,
@@ -118,8 +123,8 @@ fn ureq_ok(url: &str) -> bool {
     .is_ok()
 }
 
-/// A new device on `store`, enrolled over the clean loopback, its QUIC pointed at `quic_port`.
-fn new_device(relay: &Relay, store: &Path, quic_port: u16, n: usize) -> Result<()> {
+/// A new invite's code (`inv-…`, without the QUIC port and pin).
+fn invite_code(relay: &Relay, n: usize) -> Result<String> {
     let out = Command::new(server_binary()?)
         .args(["admin", "--data"])
         .arg(&relay.data)
@@ -136,11 +141,43 @@ fn new_device(relay: &Relay, store: &Path, quic_port: u16, n: usize) -> Result<(
     if !out.status.success() {
         bail!("admin invite: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let code = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let invite = format!("{code}.{quic_port}.{}", relay.pin);
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// A new device on `store`, enrolled through the simulated link as the app would: with an
+/// invite carrying the QUIC port (the link's) and pin, over QUIC, so that its first sync in
+/// this process resumes the TLS session; without them, over HTTP. Time and bytes both links
+/// carried, and whether the enrollment went over QUIC.
+fn new_device(
+    relay: &Relay,
+    store: &Path,
+    http_via: &str,
+    quic_port: Option<u16>,
+    links: [&LinkSim; 2],
+    n: usize,
+) -> Result<(Measure, bool)> {
+    let code = invite_code(relay, n)?;
+    let invite = match quic_port {
+        Some(port) => format!("{code}.{port}.{}", relay.pin),
+        None => code,
+    };
     let db = Store::open(store)?;
-    transport::enroll(&db, &relay.http, &invite, Some(&format!("bench-{n}")))?;
-    Ok(())
+    let udp_before = links[0].counters().total();
+    let tcp_before = links[1].counters().total();
+    let started = Instant::now();
+    transport::enroll(&db, http_via, &invite, Some(&format!("bench-{n}")))?;
+    let time = started.elapsed();
+    let udp = links[0].counters().total() - udp_before;
+    let tcp = links[1].counters().total() - tcp_before;
+    Ok((
+        Measure {
+            time,
+            wire: udp + tcp,
+            up: 0,
+            down: 0,
+        },
+        tcp == 0,
+    ))
 }
 
 /// One comment, written with the `coalition` CLI as a user would.
@@ -169,6 +206,7 @@ async fn sync_through(
     transport: Transport,
     http_via: &str,
     link: &LinkSim,
+    trace: bool,
 ) -> Result<Measure> {
     let mut db = Store::open(store)?;
     let mut options = SyncOptions::from_store(&db, Some(http_via))?;
@@ -176,9 +214,14 @@ async fn sync_through(
     options.timeout = Duration::from_secs(600);
     options.connect_timeout = Duration::from_secs(60);
     let before = link.counters().total();
+    link.record(trace);
     let started = Instant::now();
+    let began = link.elapsed();
     let summary = transport::sync_once(&mut db, &options, &mut |_| {}).await?;
     let time = started.elapsed();
+    if trace {
+        print_trace(&link.record(false), began, began + time);
+    }
     if summary.outcome != transport::ws::Outcome::Complete || !summary.unsent.is_empty() {
         bail!("sync did not complete: {:?}", summary.outcome);
     }
@@ -188,6 +231,81 @@ async fn sync_through(
         up: summary.stats.bytes_sent,
         down: summary.stats.bytes_received,
     })
+}
+
+/// Every datagram of a sync on stderr: offset from the first, direction, fate, size and
+/// the QUIC packets in it (long-header packets coalesced, then a short-header one).
+fn print_trace(datagrams: &[Datagram], began: Duration, ended: Duration) {
+    let Some(start) = datagrams.first().map(|d| d.sent) else {
+        return;
+    };
+    let ms = |d: Duration| (d.as_secs_f64() - start.as_secs_f64()) * 1000.0;
+    eprintln!(
+        "  the sync: {:.1} ms to {:.1} ms (from the first datagram)",
+        ms(began),
+        ms(ended)
+    );
+    for d in datagrams {
+        let fate = match d.arrived {
+            Some(at) => format!("→ {:7.1}", ms(at)),
+            None => "  lost   ".to_owned(),
+        };
+        eprintln!(
+            "  {:7.1} ms {} {fate} {:5} B  {}",
+            ms(d.sent),
+            if d.up { "up  " } else { "down" },
+            d.bytes.len(),
+            quic_packets(&d.bytes).join(" + "),
+        );
+    }
+}
+
+/// The QUIC packets in a datagram, as `kind(bytes)`.
+fn quic_packets(mut bytes: &[u8]) -> Vec<String> {
+    let mut packets = Vec::new();
+    while let Some(&first) = bytes.first() {
+        if first & 0x80 == 0 {
+            packets.push(format!("1-RTT({})", bytes.len()));
+            break;
+        }
+        let kind = ["Initial", "0-RTT", "Handshake", "Retry"][usize::from((first >> 4) & 3)];
+        match long_packet_len(bytes, kind == "Initial") {
+            Some(len) if len <= bytes.len() => {
+                packets.push(format!("{kind}({len})"));
+                bytes = &bytes[len..];
+            }
+            _ => {
+                packets.push(format!("{kind}(?{})", bytes.len()));
+                break;
+            }
+        }
+    }
+    packets
+}
+
+/// The length of the long-header packet at the start of `b` (RFC 9000 §17.2).
+fn long_packet_len(b: &[u8], initial: bool) -> Option<usize> {
+    let mut at = 5;
+    let dcid = usize::from(*b.get(at)?);
+    at += 1 + dcid;
+    let scid = usize::from(*b.get(at)?);
+    at += 1 + scid;
+    if initial {
+        let (token, n) = varint(b.get(at..)?)?;
+        at += n + token;
+    }
+    let (len, n) = varint(b.get(at..)?)?;
+    Some(at + n + len)
+}
+
+fn varint(b: &[u8]) -> Option<(usize, usize)> {
+    let first = *b.first()?;
+    let n = 1usize << (first >> 6);
+    let mut v = u64::from(first & 0x3f);
+    for byte in b.get(1..n)? {
+        v = (v << 8) | u64::from(*byte);
+    }
+    Some((usize::try_from(v).ok()?, n))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -226,6 +344,7 @@ fn main() -> Result<()> {
     let seed: u64 = value(&args, "--seed", 1)?;
     let only_links = chosen(&args, "--links", &["clean", "2g", "satellite"])?;
     let only_transports = chosen(&args, "--transports", &["quic", "websocket"])?;
+    let trace = args.iter().any(|a| a == "--trace");
     let tmp = tempfile_dir()?;
     let relay = start_relay(&tmp)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -260,6 +379,8 @@ fn main() -> Result<()> {
                 continue;
             }
             let mut rows: [Vec<Measure>; 2] = [Vec::new(), Vec::new()];
+            let mut enrollments: Vec<Measure> = Vec::new();
+            let mut enrolled_over_quic = true;
             for run in 0..runs {
                 n += 1;
                 let s = seed + n as u64;
@@ -277,18 +398,38 @@ fn main() -> Result<()> {
                     ))
                 })?;
                 let store = tmp.join(format!("dev{n}"));
-                new_device(&relay, &store, udp.addr().port(), n)?;
                 let via = format!("http://{}", tcp.addr());
-                let link = if transport == Transport::Quic {
-                    &udp
-                } else {
-                    &tcp
-                };
+                let quic = transport == Transport::Quic;
+                eprintln!("{name} / {tname} run {}: enrollment", run + 1);
+                let (enrollment, over_quic) = new_device(
+                    &relay,
+                    &store,
+                    &via,
+                    quic.then(|| udp.addr().port()),
+                    [&udp, &tcp],
+                    n,
+                )?;
+                enrollments.push(enrollment);
+                enrolled_over_quic &= over_quic;
+                let link = if quic { &udp } else { &tcp };
                 eprintln!("{name} / {tname} run {}: initial sync", run + 1);
-                rows[0].push(rt.block_on(sync_through(&store, transport, &via, link))?);
+                rows[0].push(rt.block_on(sync_through(&store, transport, &via, link, trace))?);
                 add_comment(&store, &format!("bench edit {n}"))?;
                 eprintln!("{name} / {tname} run {}: one edit", run + 1);
-                rows[1].push(rt.block_on(sync_through(&store, transport, &via, link))?);
+                rows[1].push(rt.block_on(sync_through(&store, transport, &via, link, trace))?);
+            }
+            {
+                let time = median(enrollments.iter().map(|m| m.time.as_secs_f64()).collect());
+                let wire = median(enrollments.iter().map(|m| m.wire as f64).collect());
+                let rtts = if spec.rtt.is_zero() {
+                    "–".to_owned()
+                } else {
+                    format!("{:.1}", time / spec.rtt.as_secs_f64())
+                };
+                let over = if enrolled_over_quic { "QUIC" } else { "HTTP" };
+                println!(
+                    "| {name} | {tname} | enrollment ({over}) | {time:.2} s | {wire:.0} B | – | – | – | {rtts} |"
+                );
             }
             for (kind, measures) in ["initial", "one edit"].iter().zip(rows) {
                 let time = median(measures.iter().map(|m| m.time.as_secs_f64()).collect());

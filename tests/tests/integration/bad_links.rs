@@ -92,11 +92,13 @@ impl QuicRelay {
         );
     }
 
-    /// Enrolls a device (over the clean loopback) with invite `n`, pointing its QUIC at
-    /// `quic_port` (a proxy in front of the relay's UDP port).
+    /// Enrolls a device (over the clean loopback: QUIC, as the invite carries the relay's
+    /// port and pin) with invite `n`, then points its QUIC at `quic_port` (a proxy in front of
+    /// the relay's UDP port).
     fn enroll(&self, store: &Path, n: usize, quic_port: u16, device: &str) {
-        let invite = format!("{}.{quic_port}.{}", self.invites[n], self.pin);
+        let invite = format!("{}.{}.{}", self.invites[n], self.udp.port(), self.pin);
         enroll(store, &format!("http://{}", self.http), &invite, device);
+        point_quic_at(store, quic_port, &self.pin);
     }
 
     fn log_text(&self) -> String {
@@ -874,4 +876,124 @@ fn bad_links_a_resumed_session_sends_its_edit_early_even_to_a_restarted_relay() 
     let other = new_device_synced(&relay, tmp.path(), 1);
     assert!(has_comment(&other, "sent early"));
     assert!(has_comment(&other, "sent again after a refusal"));
+}
+
+/// A device that enrolls over the relay's QUIC endpoint keeps the TLS session, so its first
+/// sync in the same process resumes it and sends its requests as 0-RTT data: one round trip
+/// less for a new device on a long link (issue 5). The HTTP endpoint is unreachable here, so
+/// the enrollment can only have gone over QUIC; a used invite is refused over QUIC as over
+/// HTTP, with the relay's reason.
+#[test]
+fn bad_links_a_device_enrolled_over_quic_sends_its_first_sync_early() {
+    use coalition_core::transport::quic::{self, QuicTarget};
+    use coalition_core::transport::{sync_once_over, Congestion, EnrollError, SyncOptions};
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay = QuicRelay::start(
+        tmp.path(),
+        &[("dario", "BHMAC", "nmac"), ("mira", "BHMAC", "nmac")],
+    );
+    let rt = proxies();
+    let http = rt
+        .block_on(tcp_proxy(relay.http, LinkSpec::clean(), 1))
+        .expect("proxy");
+    http.set_blocked(true);
+    let blocked_http = format!("http://{}", http.addr());
+    let invite = format!("{}.{}.{}", relay.invites[0], relay.udp.port(), relay.pin);
+
+    let store = tmp.path().join("device");
+    let db = coalition_core::store::Store::open(&store).expect("store");
+    let enrolled = coalition_core::transport::enroll(&db, &blocked_http, &invite, Some("device"))
+        .expect("enrollment over QUIC while the relay's HTTP endpoint cannot be reached");
+    assert_eq!(enrolled.identity.user, "dario");
+    assert_eq!(
+        http.counters().total(),
+        0,
+        "nothing went to the HTTP endpoint"
+    );
+
+    let again = tmp.path().join("again");
+    let db_again = coalition_core::store::Store::open(&again).expect("store");
+    match coalition_core::transport::enroll(&db_again, &blocked_http, &invite, Some("again")) {
+        Err(EnrollError::Refused { code, .. }) => assert_eq!(code, "invite_used"),
+        other => panic!("a used invite must be refused over QUIC: {other:?}"),
+    }
+    assert!(db_again.identity().expect("read").is_none());
+
+    // Where UDP does not get through, the enrollment goes over HTTP after the handshake's
+    // time limit.
+    let udp_blocked = rt
+        .block_on(udp_proxy(relay.udp, LinkSpec::clean(), 2))
+        .expect("proxy");
+    udp_blocked.set_blocked(true);
+    let fallback = tmp.path().join("fallback");
+    let db_fallback = coalition_core::store::Store::open(&fallback).expect("store");
+    let started = Instant::now();
+    let enrolled = coalition_core::transport::enroll(
+        &db_fallback,
+        &format!("http://{}", relay.http),
+        &format!(
+            "{}.{}.{}",
+            relay.invites[1],
+            udp_blocked.addr().port(),
+            relay.pin
+        ),
+        Some("fallback"),
+    )
+    .expect("enrollment over HTTP when UDP is blocked");
+    assert_eq!(enrolled.identity.user, "mira");
+    assert!(
+        udp_blocked
+            .counters()
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+    assert!(
+        started.elapsed() < coalition_core::transport::quic::ENROLL_HANDSHAKE_TIMEOUT * 3,
+        "{:?}",
+        started.elapsed()
+    );
+
+    let (summary, early) = rt.block_on(async {
+        let mut db = db;
+        let mut options =
+            SyncOptions::from_store(&db, Some(&format!("http://{}", relay.http))).expect("options");
+        options.timeout = Duration::from_secs(60);
+        let target = QuicTarget {
+            host: "127.0.0.1".to_owned(),
+            endpoint: options.quic.expect("the invite's QUIC endpoint"),
+            congestion: Congestion::default(),
+        };
+        let link = tokio::time::timeout(
+            Duration::from_secs(30),
+            quic::connect(&target, &options.credential, Duration::from_secs(30)),
+        )
+        .await
+        .expect("connect within 30 s")
+        .expect("a QUIC connection");
+        let early = link.was_early();
+        let mut on_event = |_: &coalition_core::transport::WatchEvent| {};
+        let summary = tokio::time::timeout(
+            Duration::from_secs(90),
+            sync_once_over(&mut db, &options, link, &mut on_event),
+        )
+        .await
+        .expect("the sync within 90 s")
+        .expect("the sync");
+        (summary, early)
+    });
+    assert!(early, "the first sync resumes the enrollment's session");
+    assert_eq!(
+        summary.outcome,
+        coalition_core::transport::ws::Outcome::Complete,
+        "{summary:?}"
+    );
+    assert!(summary.unsent.is_empty(), "{summary:?}");
+    let db = coalition_core::store::Store::open(&store).expect("store");
+    assert_eq!(
+        db.coalitions().expect("coalitions").len(),
+        1,
+        "the first sync brought the coalition"
+    );
 }

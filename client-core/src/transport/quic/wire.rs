@@ -181,6 +181,24 @@ pub fn transport_config(congestion: Congestion) -> TransportConfig {
     config
 }
 
+/// Runs `step`; if it cannot finish at once (it waits on the connection, whose driver `gate`
+/// holds back until it is set), sets the gate first. For a connection that holds its first
+/// datagram until what it sends first is queued: a step that needs the connection to run
+/// must not wait for it.
+pub async fn unless_held<F: std::future::Future>(
+    gate: &tokio::sync::watch::Sender<bool>,
+    step: F,
+) -> F::Output {
+    let mut step = std::pin::pin!(step);
+    match std::future::poll_fn(|cx| std::task::Poll::Ready(step.as_mut().poll(cx))).await {
+        std::task::Poll::Ready(out) => out,
+        std::task::Poll::Pending => {
+            gate.send_replace(true);
+            step.await
+        }
+    }
+}
+
 /// Something one of a connection's stream tasks reports.
 #[derive(Debug)]
 pub enum StreamEvent {
@@ -330,9 +348,41 @@ fn priority_for(len: usize) -> i32 {
     -((len.max(1024) / 1024).ilog2() as i32)
 }
 
+/// Frames handed to a [`StreamRouter`] and not yet written to their streams.
+#[derive(Default)]
+struct Unwritten {
+    count: std::sync::atomic::AtomicUsize,
+    none: tokio::sync::Notify,
+}
+
+impl Unwritten {
+    fn add(&self) {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    fn done(&self) {
+        if self.count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            self.none.notify_waiters();
+        }
+    }
+
+    async fn none_left(&self) {
+        loop {
+            let notified = self.none.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if self.count.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 /// Sends frames on the stream they belong to, each stream from its own task.
 pub struct StreamRouter {
     conn: Connection,
+    unwritten: Arc<Unwritten>,
     control: mpsc::UnboundedSender<Vec<u8>>,
     docs: HashMap<DocumentId, mpsc::UnboundedSender<Vec<u8>>>,
     /// The control stream's writer, finished last.
@@ -352,9 +402,11 @@ impl StreamRouter {
     ) -> StreamRouter {
         let mut control_writer = JoinSet::new();
         let (tx, rx) = mpsc::unbounded_channel();
-        control_writer.spawn(write_stream(control, rx, events.clone()));
+        let unwritten = Arc::new(Unwritten::default());
+        control_writer.spawn(write_stream(control, rx, events.clone(), unwritten.clone()));
         StreamRouter {
             conn,
+            unwritten,
             control: tx,
             docs: HashMap::new(),
             control_writer,
@@ -370,19 +422,28 @@ impl StreamRouter {
         let queue = match doc {
             None => &self.control,
             Some(doc) => self.docs.entry(doc).or_insert_with(|| {
-                let (tx, rx) = mpsc::unbounded_channel();
+                let (tx, mut rx) = mpsc::unbounded_channel();
                 let conn = self.conn.clone();
                 let events = self.events.clone();
+                let unwritten = self.unwritten.clone();
                 self.writers.spawn(async move {
                     match conn.open_uni().await {
-                        Ok(send) => write_stream(send, rx, events).await,
-                        Err(e) => report(&events, describe_connection_error(&e)).await,
+                        Ok(send) => write_stream(send, rx, events, unwritten).await,
+                        Err(e) => {
+                            rx.close();
+                            while rx.recv().await.is_some() {
+                                unwritten.done();
+                            }
+                            report(&events, describe_connection_error(&e)).await
+                        }
                     }
                 });
                 tx
             }),
         };
+        self.unwritten.add();
         if queue.send(frame).is_err() {
+            self.unwritten.done();
             // The writer ended, which it only does after reporting why; the link is going.
             tracing::debug!("a frame for a QUIC stream whose writer stopped was dropped");
         }
@@ -390,9 +451,17 @@ impl StreamRouter {
 
     /// Queues a frame on the control stream, whatever it is (the credential `hello`).
     pub fn send_control(&mut self, frame: Vec<u8>) {
+        self.unwritten.add();
         if self.control.send(frame).is_err() {
+            self.unwritten.done();
             tracing::debug!("a frame for the QUIC control stream was dropped: its writer stopped");
         }
+    }
+
+    /// Waits until every frame queued so far was written to its stream (or its stream
+    /// failed): handed to the connection, which decides when it leaves.
+    pub async fn written(&self) {
+        self.unwritten.none_left().await;
     }
 
     /// Ends every stream after what is queued on it and waits up to `limit` for the peer to
@@ -427,17 +496,24 @@ async fn write_stream(
     mut send: SendStream,
     mut frames: mpsc::UnboundedReceiver<Vec<u8>>,
     events: mpsc::Sender<StreamEvent>,
+    unwritten: Arc<Unwritten>,
 ) {
     while let Some(frame) = frames.recv().await {
         // Only fails if the stream is already finished, which only this task does.
-        if send.set_priority(priority_for(frame.len())).is_err() {
-            return;
-        }
-        if let Err(e) = write_frame(&mut send, &frame).await {
-            let reason = match e {
+        let written = match send.set_priority(priority_for(frame.len())) {
+            Ok(()) => write_frame(&mut send, &frame).await.map_err(|e| match e {
                 quinn::WriteError::ConnectionLost(e) => describe_connection_error(&e),
                 other => crate::transport::session::error_chain(&other),
-            };
+            }),
+            Err(e) => Err(crate::transport::session::error_chain(&e)),
+        };
+        unwritten.done();
+        if let Err(reason) = written {
+            // What is still queued will not be written either.
+            frames.close();
+            while frames.recv().await.is_some() {
+                unwritten.done();
+            }
             report(&events, reason).await;
             return;
         }
