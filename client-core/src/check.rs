@@ -130,10 +130,34 @@ pub fn check_changes(
     changes: Vec<Change>,
     author: &mut dyn FnMut(&ActorId) -> Result<Author, Refusal>,
 ) -> Checked {
+    check_changes_on(doc, &mut None, kind, owner, changes, author)
+}
+
+/// [`check_changes`] with a copy of `doc` kept between calls in `copy`: the changes are tried
+/// on it, and it is left holding `doc` and the accepted changes. Once the caller applied those
+/// to `doc`, the next call finds the copy in step and skips copying the document again (a
+/// copy out of step with `doc`, by its heads, is replaced).
+pub fn check_changes_on(
+    doc: &mut AutoCommit,
+    copy: &mut Option<AutoCommit>,
+    kind: DocKind,
+    owner: Option<&str>,
+    changes: Vec<Change>,
+    author: &mut dyn FnMut(&ActorId) -> Result<Author, Refusal>,
+) -> Checked {
     let mut out = Checked::default();
     let known: HashSet<ChangeHash> = changes.iter().map(Change::hash).collect();
     let ordered = causal_order(doc, changes, &known, &mut out.waiting);
-    let mut fork = doc.fork();
+    let mut fork = match copy.take() {
+        Some(mut kept) => {
+            if kept.get_heads() == doc.get_heads() {
+                kept
+            } else {
+                doc.fork()
+            }
+        }
+        None => doc.fork(),
+    };
     let mut refused_hashes: HashSet<ChangeHash> = HashSet::new();
     for change in ordered {
         if has_change(&mut fork, &change.hash()) {
@@ -145,7 +169,10 @@ pub fn check_changes(
             out.refused.push(Refused { change, reason });
             continue;
         }
-        match judge(&mut fork, kind, owner, &change, author) {
+        // Until a change of the batch is accepted, the document itself is the state before
+        // the change: reading it is cheaper than reading the fork at earlier heads.
+        let before = out.accepted.is_empty().then_some(&*doc);
+        match judge(&mut fork, before, kind, owner, &change, author) {
             Ok(()) => out.accepted.push(change),
             Err(reason) => {
                 refused_hashes.insert(change.hash());
@@ -159,6 +186,7 @@ pub fn check_changes(
             }
         }
     }
+    *copy = Some(fork);
     out
 }
 
@@ -206,9 +234,12 @@ fn causal_order(
 }
 
 /// Apply one change to the fork and judge it; on refusal the fork holds the change and must be
-/// rebuilt by the caller.
+/// rebuilt by the caller. `before_doc`, when given, is the document as it was before the change,
+/// read for what the change replaced instead of reading the fork at earlier heads (which makes
+/// Automerge work out the clock of those heads from the whole history).
 fn judge(
     fork: &mut AutoCommit,
+    before_doc: Option<&AutoCommit>,
     kind: DocKind,
     owner: Option<&str>,
     change: &Change,
@@ -302,7 +333,11 @@ fn judge(
                 key: collection.clone(),
             });
         }
-        let existed = entity_at(fork, collection, key, Some(&before)).map_err(Refusal::Invalid)?;
+        let existed = match before_doc {
+            Some(doc) => entity_at(doc, collection, key, None),
+            None => entity_at(fork, collection, key, Some(&before)),
+        }
+        .map_err(Refusal::Invalid)?;
         if deleted.contains(&(collection.clone(), key.clone())) {
             if collection != keys::MEMBERS {
                 let verb = "deleted";
@@ -569,6 +604,70 @@ mod tests {
             "{:?}",
             out.refused
         );
+    }
+
+    /// The copy kept between calls is used while in step with the document, replaced when
+    /// not, and judges as a fresh copy would: a refused change is not in the copy afterwards.
+    #[test]
+    fn a_kept_copy_judges_like_a_fresh_one() {
+        let f = fixture();
+        let reg = registry(&f);
+        let mut doc = doc_of(&f.c, DocKind::Plan, None);
+        let mut copy = None;
+        let good = raw(&doc, &f.nmac, |d| {
+            put_area(d, "area-sha", "baseline_m2", 12_345)
+        });
+        let out = check_changes_on(
+            &mut doc,
+            &mut copy,
+            DocKind::Plan,
+            None,
+            good,
+            &mut lookup_in(&reg),
+        );
+        assert_eq!(
+            (out.accepted.len(), out.refused.len(), out.waiting.len()),
+            (1, 0, 0)
+        );
+        doc.apply_changes(out.accepted).expect("apply");
+        let kept = copy.as_mut().expect("a copy").get_heads();
+        assert_eq!(kept, doc.get_heads(), "the copy holds the accepted change");
+        // In step: the copy is used, and a refused change leaves it in step.
+        let bad = raw(&doc, &f.donor, |d| put_area(d, "area-sha", "priority", 3));
+        let out = check_changes_on(
+            &mut doc,
+            &mut copy,
+            DocKind::Plan,
+            None,
+            bad,
+            &mut lookup_in(&reg),
+        );
+        assert_eq!(
+            reason(&out),
+            "donor-DE (donor) may not write hazard_areas in the plan document"
+        );
+        assert_eq!(copy.as_mut().expect("a copy").get_heads(), doc.get_heads());
+        // Out of step (the document moved on without it): replaced, and the verdict holds.
+        let moved = raw(&doc, &f.nmac, |d| {
+            put_area(d, "area-sha", "baseline_m2", 12_346)
+        });
+        doc.apply_changes(moved).expect("apply");
+        let negative = raw(&doc, &f.nmac, |d| {
+            put_area(d, "area-sha", "baseline_m2", -1)
+        });
+        let out = check_changes_on(
+            &mut doc,
+            &mut copy,
+            DocKind::Plan,
+            None,
+            negative,
+            &mut lookup_in(&reg),
+        );
+        assert_eq!(
+            reason(&out),
+            "hazard_areas/area-sha/baseline_m2: must be zero or more, got -1"
+        );
+        assert_eq!(copy.as_mut().expect("a copy").get_heads(), doc.get_heads());
     }
 
     #[test]

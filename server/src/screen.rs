@@ -22,7 +22,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use automerge::sync::{ChunkList, Message as SyncData};
 use automerge::{ActorId, AutoCommit, Change, ChangeHash};
-use coalition_core::check::{check_changes, has_change, Author, Refusal, Refused};
+use coalition_core::check::{check_changes_on, has_change, Author, Refusal, Refused};
 use coalition_core::model::DocKind;
 
 /// Changes waiting for their dependencies, per document, at most.
@@ -35,6 +35,9 @@ pub struct Pending {
     refused: HashMap<ChangeHash, Vec<ChangeHash>>,
     /// Changes waiting for dependencies the relay does not have.
     waiting: HashMap<ChangeHash, Change>,
+    /// The copy of the document changes are tried on (see
+    /// [`coalition_core::check::check_changes_on`]).
+    copy: Option<AutoCommit>,
 }
 
 impl Pending {
@@ -138,7 +141,7 @@ pub fn screen(
     let checked = if changes.is_empty() {
         Default::default()
     } else {
-        check_changes(doc, kind, owner, changes, author)
+        check_changes_on(doc, &mut pending.copy, kind, owner, changes, author)
     };
     for r in &checked.refused {
         pending

@@ -10,8 +10,8 @@
 //!   sync state per peer and document, taking messages and time in and giving messages and
 //!   storage writes out ([`Action`]). Transports (WebSocket, QUIC) only move frames.
 //!
-//! [`receive_sync_message`] is the engine's way of applying an Automerge sync message, for
-//! peers that hold their own sync states.
+//! [`receive_sync_message`] and [`generate_sync_message`] are the engine's ways of applying and
+//! making Automerge sync messages, for peers that hold their own sync states.
 
 pub mod docid;
 pub mod engine;
@@ -20,8 +20,8 @@ pub mod message;
 
 pub use docid::{DocumentId, DocumentIdError};
 pub use engine::{
-    Action, ConnId, DisconnectReason, DocumentSource, EngineConfig, EngineError, Listing,
-    SyncEngine,
+    generate_sync_message, Action, ConnId, DisconnectReason, DocumentSource, EngineConfig,
+    EngineError, Listing, SyncEngine,
 };
 pub use forward::receive_sync_message;
 pub use message::{

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use automerge::sync::{self, SyncDoc};
+use automerge::sync;
 use automerge::transaction::CommitOptions;
 use automerge::transaction::Transactable;
 use automerge::{ActorId, AutoCommit, ChangeHash, ObjType, ReadDoc, ROOT};
@@ -151,7 +151,7 @@ async fn sync_out(
     relay: &PeerId,
     doc_id: DocumentId,
 ) -> Result<()> {
-    let Some(message) = doc.sync().generate_sync_message(state) else {
+    let Some(message) = coalition_core::sync::generate_sync_message(doc, state) else {
         return Ok(());
     };
     let request = doc.get_heads().is_empty() && state.shared_heads.is_empty();
