@@ -76,9 +76,9 @@ struct ServeArgs {
     /// Extra names for the certificate made at first start (the host name devices use).
     #[arg(long = "quic-name")]
     quic_names: Vec<String>,
-    /// QUIC congestion controller: bbr (default; random radio loss is not congestion),
-    /// cubic or newreno.
-    #[arg(long, default_value = "bbr")]
+    /// QUIC congestion controller: cubic (default, with a first window that holds a new
+    /// device's first download), bbr or newreno.
+    #[arg(long, default_value = "cubic")]
     congestion: Congestion,
 }
 

@@ -155,8 +155,8 @@ pub struct SyncArgs {
     /// quic or websocket.
     #[arg(long, default_value = "auto", env = "COALITION_TRANSPORT")]
     pub transport: Transport,
-    /// QUIC congestion controller: bbr, cubic or newreno.
-    #[arg(long, default_value = "bbr")]
+    /// QUIC congestion controller: cubic (default), bbr or newreno.
+    #[arg(long, default_value = "cubic")]
     pub congestion: Congestion,
     /// Stop before moving more than this many bytes (metered links); smallest changes go
     /// first, the rest next time.

@@ -5,7 +5,7 @@
 //! to ([`wire`]), a connection survives the device changing networks (migration is on, and
 //! the connection id, not the address, names it), a reconnect inside one process resumes
 //! the TLS session and sends its `hello` and `join` in 0-RTT, and the congestion controller
-//! is ours to choose (BBR by default, as random radio loss is not congestion).
+//! is ours to choose (CUBIC with a first window that holds a first download, by default).
 //!
 //! 0-RTT data can be replayed by anyone who recorded it, so what goes early must be safe to
 //! act on twice: the credential `hello`, the `join`, and the first sync message of each
