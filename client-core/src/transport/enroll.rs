@@ -6,7 +6,7 @@
 //! first sync in this process resumes the TLS session and sends its requests as 0-RTT data,
 //! one round trip sooner (see [`super::quic::enroll`]). HTTP stays the fallback: when the
 //! QUIC handshake does not complete within
-//! [`ENROLL_HANDSHAKE_TIMEOUT`](super::quic::ENROLL_HANDSHAKE_TIMEOUT) (UDP blocked), the
+//! [`ENROLL_HANDSHAKE_TIMEOUT`] (UDP blocked), the
 //! connection fails, or the relay does not enroll over QUIC. The answer carries
 //! the credential, who the person is, and the coalitions the device may sync; all of it goes
 //! into the store's settings. The actor id is kept if the store already has one: changes
