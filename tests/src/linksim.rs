@@ -140,6 +140,8 @@ struct Control {
     clients: Mutex<Vec<SocketAddr>>,
     /// UDP: what [`LinkSim::record`] keeps, while it is on.
     log: Mutex<Option<Vec<Datagram>>>,
+    /// Datagrams toward the client still to drop ([`LinkSim::lose_next_down`]).
+    lose_down: AtomicU64,
 }
 
 /// One datagram offered to a UDP link, as [`LinkSim::record`] keeps it.
@@ -164,6 +166,7 @@ impl Control {
             started: Instant::now(),
             clients: Mutex::new(Vec::new()),
             log: Mutex::new(None),
+            lose_down: AtomicU64::new(0),
         })
     }
 
@@ -320,6 +323,12 @@ impl LinkSim {
         kept
     }
 
+    /// UDP: drops the next `n` datagrams toward the client, as if the link lost them (to
+    /// lose a given packet, such as a server's first answer).
+    pub fn lose_next_down(&self, n: u64) {
+        self.control.lose_down.store(n, Ordering::Relaxed);
+    }
+
     /// Time since the proxy started.
     pub fn elapsed(&self) -> Duration {
         self.control.started.elapsed()
@@ -455,7 +464,12 @@ fn forward<T>(
     }
     let len = packet.1.len();
     control.count(up, len);
-    let fate = line.send(len);
+    let chosen = !up
+        && control
+            .lose_down
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+    let fate = if chosen { Fate::Lost } else { line.send(len) };
     if let Some(log) = control
         .log
         .lock()

@@ -997,3 +997,97 @@ fn bad_links_a_device_enrolled_over_quic_sends_its_first_sync_early() {
         "the first sync brought the coalition"
     );
 }
+
+/// A new device's first sync (0-RTT data, after enrolling over QUIC) whose relay handshake
+/// flight is lost still completes, with every document, in a few round trips more than the
+/// transfer (issue 5). The relay answers 0-RTT data at once, which the device cannot read
+/// until the handshake flight comes again, and holds answers beyond a part of its first window
+/// until the handshake completes (`EARLY_ANSWER_BYTES` in the relay's `quic` module); here
+/// the download (about 120 KB of field notes) is larger than that, the link is the
+/// benchmark's 2G link without random loss (what does not fit its 2-second queue is lost),
+/// and the relay's first datagram is dropped. (The stall that hold prevents, seen in about 2%
+/// of the benchmark's 2G first syncs, needs more losses than this test makes.)
+#[test]
+fn bad_links_a_first_sync_whose_handshake_answer_is_lost_does_not_stall() {
+    use coalition_core::transport::quic::{self, QuicTarget};
+    use coalition_core::transport::{sync_once_over, Congestion, SyncOptions};
+
+    let seed = seed("bad_links::lost_handshake_answer");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay = QuicRelay::start(
+        tmp.path(),
+        &[("dario", "BHMAC", "nmac"), ("opal", "NPA", "operator")],
+    );
+    let writer = tmp.path().join("writer");
+    relay.enroll(&writer, 1, relay.udp.port(), "writer");
+    let http = format!("http://{}", relay.http);
+    let s = sync_via(&writer, &http, &[], Duration::from_secs(30)).expect("writer's first sync");
+    assert!(complete(&s), "{s}");
+    field_notes(&writer, 40, 3_000, seed);
+    let s = sync_via(&writer, &http, &[], Duration::from_secs(60)).expect("writer sync");
+    assert!(complete(&s), "{s}");
+
+    // Enrolled over QUIC in this process, on the clean loopback: the first sync resumes.
+    let store = tmp.path().join("device");
+    let db = coalition_core::store::Store::open(&store).expect("store");
+    let invite = format!("{}.{}.{}", relay.invites[0], relay.udp.port(), relay.pin);
+    coalition_core::transport::enroll(&db, &http, &invite, Some("device")).expect("enrollment");
+
+    let rt = proxies();
+    // The benchmark's 2G link without its random loss: only the relay's first datagram and
+    // what does not fit the 2-second queue (16 KB) is lost.
+    let spec = LinkSpec {
+        loss: 0.0,
+        ..LinkSpec::two_g()
+    };
+    let link = rt
+        .block_on(udp_proxy(relay.udp, spec, seed))
+        .expect("proxy");
+    link.lose_next_down(1);
+    let started = Instant::now();
+    let (summary, early) = rt.block_on(async {
+        let mut db = db;
+        let mut options = SyncOptions::from_store(&db, Some(&http)).expect("options");
+        options.timeout = Duration::from_secs(60);
+        let target = QuicTarget {
+            host: "127.0.0.1".to_owned(),
+            endpoint: coalition_core::transport::QuicEndpoint {
+                port: link.addr().port(),
+                pin: options.quic.expect("the invite's QUIC endpoint").pin,
+            },
+            congestion: Congestion::default(),
+        };
+        let conn = tokio::time::timeout(
+            Duration::from_secs(30),
+            quic::connect(&target, &options.credential, Duration::from_secs(30)),
+        )
+        .await
+        .expect("connecting in time")
+        .expect("a QUIC connection");
+        let early = conn.was_early();
+        let mut on_event = |_: &coalition_core::transport::WatchEvent| {};
+        let summary = tokio::time::timeout(
+            Duration::from_secs(90),
+            sync_once_over(&mut db, &options, conn, &mut on_event),
+        )
+        .await
+        .expect("the sync ends")
+        .expect("the sync");
+        (summary, early)
+    });
+    let took = started.elapsed();
+    assert!(early, "the first sync resumes the enrollment's session");
+    assert_eq!(
+        summary.outcome,
+        coalition_core::transport::ws::Outcome::Complete,
+        "{summary:?} (seed {seed})"
+    );
+    assert_eq!(field_note_count(&store), 40, "seed {seed}");
+    // About 15 s of transfer and a few lost round trips; a stall waits out probe timeouts of
+    // tens of seconds (and the engine gives up on the relay's `peer` after 30 s).
+    assert!(took < Duration::from_secs(45), "{took:?} (seed {seed})");
+    eprintln!(
+        "first sync with the relay's first datagram lost: {took:?}, {} B on the link",
+        link.counters().total()
+    );
+}
