@@ -18,9 +18,10 @@
 //! give (or its JSON error with the status) and closes. A device that enrolls this way keeps
 //! the TLS session, so its first sync resumes it and sends its requests as 0-RTT data. An
 //! invite is used once, so an enrollment is acted on only once the handshake is complete,
-//! never on 0-RTT data. Enrollment tokens for address validation (`NEW_TOKEN`) let the relay
-//! answer a resumed connection's first flight at full speed, without the threefold
-//! anti-amplification limit of an address it has not checked yet.
+//! never on 0-RTT data. Address validation tokens (`NEW_TOKEN`) let the relay answer a
+//! resumed connection's first flight before the handshake completes without the threefold
+//! anti-amplification limit of an address it has not checked yet, up to
+//! `EARLY_ANSWER_BYTES`; the rest waits for the handshake.
 //!
 //! 0-RTT is accepted, and what a device may send in it is safe to act on when replayed: the
 //! `hello`, the `join`, and its first sync message for each document. Applying a change the
