@@ -528,15 +528,7 @@ async fn enroll(
         Ok(body) => answer_and_close(conn, send, &body, wire::CLOSE_DONE, b"enrolled").await,
         Err(error) => {
             tracing::info!(remote = %conn.remote_address(), code = error.code(), "QUIC enrollment refused");
-            let body = error_body(&error);
-            answer_and_close(
-                conn,
-                send,
-                &body,
-                wire::CLOSE_REFUSED,
-                error.code().as_bytes(),
-            )
-            .await;
+            answer_refusal(conn, send, &error).await;
         }
     }
 }
@@ -554,6 +546,11 @@ fn error_body(error: &AppError) -> Vec<u8> {
 /// Tells a device why its credential was refused, as the HTTP endpoints would, and closes.
 async fn refuse(conn: &Connection, send: &mut quinn::SendStream, error: &AppError) {
     tracing::info!(remote = %conn.remote_address(), code = error.code(), "QUIC credential refused");
+    answer_refusal(conn, send, error).await;
+}
+
+/// Answers with an API error as the HTTP endpoints write it, and closes.
+async fn answer_refusal(conn: &Connection, send: &mut quinn::SendStream, error: &AppError) {
     let body = error_body(error);
     answer_and_close(
         conn,
