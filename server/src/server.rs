@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt as _;
 use axum::Router;
 use coalition_core::store::{Store, StoreError};
 use coalition_core::sync::{EngineConfig, PeerId, PeerMetadata, StorageId};
@@ -149,6 +150,14 @@ impl Relay {
             tracing::info!("shutting down: closing sync connections");
             hub.shutdown().await;
         };
+        // Sync frames are small and answer each other: Nagle's algorithm would hold the
+        // second of two answers until the device acknowledged the first (its delayed ACK:
+        // 40 ms on Linux).
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::warn!(error = %e, "cannot turn Nagle's algorithm off on a connection");
+            }
+        });
         axum::serve(listener, router)
             .with_graceful_shutdown(signal)
             .await?;

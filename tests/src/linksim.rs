@@ -537,6 +537,13 @@ async fn relay_tcp(
     seed: u64,
     control: Arc<Control>,
 ) {
+    // The line models every delay; the proxy's own sockets must not add Nagle's (a small
+    // write held until the previous one is acknowledged: up to 40 ms of delayed ACK).
+    for socket in [&client, &server] {
+        if let Err(e) = socket.set_nodelay(true) {
+            eprintln!("link simulator: cannot set TCP_NODELAY: {e}");
+        }
+    }
     let (client_r, client_w) = client.into_split();
     let (server_r, server_w) = server.into_split();
     let up = tokio::spawn(pump_tcp(

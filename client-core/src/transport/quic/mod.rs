@@ -369,15 +369,31 @@ pub async fn enroll(
         Ok(answer) => answer,
         Err(_) => Err(no_answer(format!("no answer within {answer_timeout:?}"))),
     };
-    conn.close(VarInt::from_u32(wire::CLOSE_DONE), b"enrolled");
-    // As in `QuicLink::close_now`: let the close frame leave, without the draining period.
-    if tokio::time::timeout(CLOSE_WAIT, endpoint.wait_idle())
-        .await
-        .is_err()
-    {
-        tracing::trace!("the enrollment connection is still draining");
-    }
+    close_sent(&conn, b"enrolled").await;
     answer
+}
+
+/// Closes `conn` and waits until the close has left (at most [`CLOSE_WAIT`]), so that the
+/// relay lets the connection go at once rather than at its idle timeout.
+///
+/// Waiting for the endpoint to go idle would also sit out the draining period (three probe
+/// timeouts: seconds on a satellite link) for nothing. A closed connection sends nothing but
+/// its close, so the first datagram after the call is the close.
+async fn close_sent(conn: &Connection, reason: &[u8]) {
+    if conn.close_reason().is_some() {
+        // The relay closed first: there is nothing to send.
+        return;
+    }
+    let before = conn.stats().udp_tx.datagrams;
+    conn.close(VarInt::from_u32(wire::CLOSE_DONE), reason);
+    let sent = async {
+        while conn.stats().udp_tx.datagrams == before {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    if tokio::time::timeout(CLOSE_WAIT, sent).await.is_err() {
+        tracing::debug!("the QUIC close did not leave within {CLOSE_WAIT:?}");
+    }
 }
 
 /// Readers and writers for a connection's streams, from its control stream.
@@ -638,21 +654,7 @@ impl QuicLink {
     async fn close_now(&mut self) {
         self.gate.send_replace(true);
         tracing::debug!(stats = ?self.conn.stats(), "closing the QUIC connection");
-        let closes_sent = self.conn.stats().frame_tx.connection_close;
-        self.conn
-            .close(VarInt::from_u32(wire::CLOSE_DONE), b"sync finished");
-        // The close frame leaves on the connection driver's next turn, so that the relay
-        // lets the connection go at once rather than at its idle timeout. Waiting for the
-        // endpoint to go idle would also sit out the draining period (three probe timeouts:
-        // seconds on a satellite link) for nothing: wait until the close frame is sent.
-        let sent = async {
-            while self.conn.stats().frame_tx.connection_close == closes_sent {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        };
-        if tokio::time::timeout(CLOSE_WAIT, sent).await.is_err() {
-            tracing::trace!("the QUIC close frame did not leave within {CLOSE_WAIT:?}");
-        }
+        close_sent(&self.conn, b"sync finished").await;
     }
 }
 
