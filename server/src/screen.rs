@@ -96,20 +96,72 @@ pub struct Screened {
     pub accepted_bytes: usize,
 }
 
-/// The changes in a sync message, one by one. A chunk is a change, or (in a v2 message or
-/// from some clients) a whole document.
+/// The changes in a sync message, one by one. A chunk is a change, several changes one after
+/// the other (Automerge 0.12 sends a peer that reads v2 messages the changes it lacks that
+/// way, in one chunk), or a whole document (a v2 message with more than a third of the
+/// document).
 pub fn changes_in(chunks: &ChunkList) -> Result<Vec<Change>, ScreenError> {
     let mut out = Vec::new();
     for chunk in chunks.iter() {
-        match Change::from_bytes(chunk.to_vec()) {
-            Ok(change) => out.push(change),
-            Err(_) => {
+        if let Ok(change) = Change::from_bytes(chunk.to_vec()) {
+            out.push(change);
+            continue;
+        }
+        let pieces: Option<Vec<Change>> = split_chunks(chunk).and_then(|pieces| {
+            pieces
+                .into_iter()
+                .map(|piece| Change::from_bytes(piece.to_vec()).ok())
+                .collect()
+        });
+        match pieces {
+            Some(changes) => out.extend(changes),
+            None => {
                 let doc = automerge::Automerge::load(chunk).map_err(|_| ScreenError::Malformed)?;
                 out.extend(doc.get_changes(&[]));
             }
         }
     }
     Ok(out)
+}
+
+/// The first bytes of every Automerge storage chunk.
+const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+
+/// Splits bytes holding storage chunks one after the other (each: the magic bytes, a 4-byte
+/// checksum, a type byte, the length of the rest as unsigned LEB128, the rest). `None` when
+/// they do not split that way.
+fn split_chunks(bytes: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        if rest.len() < 9 || rest[..4] != CHUNK_MAGIC {
+            return None;
+        }
+        let (len, used) = uleb128(&rest[9..])?;
+        let end = 9usize
+            .checked_add(used)?
+            .checked_add(usize::try_from(len).ok()?)?;
+        if end > rest.len() {
+            return None;
+        }
+        let (chunk, tail) = rest.split_at(end);
+        out.push(chunk);
+        rest = tail;
+    }
+    Some(out)
+}
+
+/// An unsigned LEB128 number at the start of `bytes`, and how many bytes it took.
+fn uleb128(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value: u64 = 0;
+    for (i, byte) in bytes.iter().take(10).enumerate() {
+        let bits = u64::from(byte & 0x7f);
+        value |= bits.checked_shl(7 * i as u32)?;
+        if byte & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
 }
 
 /// Screen one decoded sync message against `doc` (of `kind`, owned by `owner`), with `author`
@@ -271,8 +323,89 @@ mod tests {
     }
 
     #[test]
+    fn a_whole_document_from_a_peer_is_screened_as_its_changes() {
+        let allowed = ActorId::from([1u8; 16]);
+        let (mut relay, mut peer) = setup(allowed.clone());
+        let comments = automerge::ReadDoc::get(&peer, ROOT, "comments")
+            .expect("get")
+            .expect("map")
+            .1;
+        for n in 0..6 {
+            let comment = format!(
+                r#"{{"id":"d{n}","kind":"comment","about":null,"text":"more","org":"ISU","user":"ana","at":3}}"#
+            );
+            peer.put(&comments, format!("d{n}"), comment).expect("put");
+            peer.commit_with(CommitOptions::default().with_time(3 + n));
+        }
+        let peer_heads = peer.get_heads();
+        let message = message_from(&mut peer, &mut relay);
+        // More than a third of the document: Automerge sends it whole.
+        assert_eq!(message.version, automerge::sync::MessageVersion::V2);
+        let mut pending = Pending::default();
+        let out = screen(
+            &mut relay,
+            DocKind::Comments,
+            None,
+            message,
+            &mut pending,
+            &mut author_of(allowed),
+        )
+        .expect("screen");
+        assert!(out.refused.is_empty(), "{:?}", out.refused);
+        assert_eq!(out.accepted, 7);
+        let rewritten = SyncData::decode(&out.rewritten.expect("rewritten")).expect("decode");
+        assert_eq!(rewritten.heads, peer_heads);
+    }
+
+    #[test]
+    fn changes_sent_one_after_the_other_in_one_chunk_are_screened_one_by_one() {
+        let allowed = ActorId::from([1u8; 16]);
+        let (mut relay, _) = setup(allowed.clone());
+        let comments = automerge::ReadDoc::get(&relay, ROOT, "comments")
+            .expect("get")
+            .expect("map")
+            .1;
+        // Enough history that two new changes are less than a third of the document.
+        for n in 0..12 {
+            relay.put(&comments, "seed", n).expect("put");
+            relay.commit_with(CommitOptions::default().with_time(10 + n));
+        }
+        let mut peer = relay.fork().with_actor(allowed.clone());
+        for n in 0..2 {
+            let comment = format!(
+                r#"{{"id":"e{n}","kind":"comment","about":null,"text":"two","org":"ISU","user":"ana","at":30}}"#
+            );
+            peer.put(&comments, format!("e{n}"), comment).expect("put");
+            peer.commit_with(CommitOptions::default().with_time(30 + n));
+        }
+        let message = message_from(&mut peer, &mut relay);
+        assert_eq!(message.version, automerge::sync::MessageVersion::V2);
+        assert_eq!(message.changes.len(), 1, "both changes in one chunk");
+        let mut pending = Pending::default();
+        let out = screen(
+            &mut relay,
+            DocKind::Comments,
+            None,
+            message,
+            &mut pending,
+            &mut author_of(allowed),
+        )
+        .expect("screen");
+        assert!(out.refused.is_empty(), "{:?}", out.refused);
+        assert_eq!(out.accepted, 2);
+    }
+
+    #[test]
     fn garbage_chunks_are_malformed() {
         let chunks = ChunkList::from(vec![vec![0x85, 0x6f, 0x4a, 0x83, 1, 2, 3]]);
+        assert!(matches!(changes_in(&chunks), Err(ScreenError::Malformed)));
+        // A length that runs past the end, and one that does not end.
+        let mut long = vec![0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 1, 0x7f];
+        long.extend([0; 10]);
+        assert!(split_chunks(&long).is_none());
+        let endless = [0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 1, 0xff, 0xff, 0xff];
+        assert!(split_chunks(&endless).is_none());
+        let chunks = ChunkList::from(vec![long]);
         assert!(matches!(changes_in(&chunks), Err(ScreenError::Malformed)));
     }
 }
