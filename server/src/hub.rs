@@ -22,6 +22,17 @@
 //! documents are dropped, the documents unloaded (they reload from storage), and the
 //! connections involved closed, so that their devices send the changes again.
 //!
+//! # Backpressure
+//!
+//! A connection whose outbox holds more than [`HOLD_AT`] frames (a slow link, or a relay
+//! short of CPU whose socket tasks fall behind) is held: the engine stops passing it changes
+//! as they arrive and only notes the documents with news ([`SyncEngine::hold`]). Once its
+//! outbox is down to [`RELEASE_AT`] frames (checked after every batch and every tick), it gets
+//! one message per such document with everything it lacks. Under load that turns many small
+//! messages into a few larger ones, less work for everyone, instead of a queue that grows
+//! until the connection is dropped. A connection whose outbox fills all the same is dropped
+//! and resyncs on reconnect.
+//!
 //! # Access
 //!
 //! A connection belongs to an enrolled device, which may sync the documents of its
@@ -81,6 +92,13 @@ const RELEASE_EVERY: usize = 16;
 
 /// Frames that may wait for one slow connection before the hub drops it.
 pub const OUTBOX_CAPACITY: usize = 1024;
+
+/// Frames queued for a connection beyond which the engine holds back what it would send it
+/// (see the module docs on backpressure).
+const HOLD_AT: usize = 64;
+
+/// Frames queued at or below which a held connection is released.
+const RELEASE_AT: usize = 8;
 
 /// How often the hub compacts stored documents.
 const COMPACT_EVERY: Duration = Duration::from_secs(300);
@@ -194,6 +212,11 @@ pub enum Outgoing {
         /// Why.
         reason: String,
     },
+}
+
+/// Frames waiting in an outbox.
+fn queued(outbox: &mpsc::Sender<Outgoing>) -> usize {
+    outbox.max_capacity() - outbox.capacity()
 }
 
 /// A handle to send events to the hub.
@@ -467,6 +490,8 @@ pub struct Hub {
     epoch: u64,
     /// Documents with writes not yet durable, and how many batches hold some: never unloaded.
     saving: HashMap<DocumentId, usize>,
+    /// Connections the engine holds back (see the module docs on backpressure).
+    held: HashSet<ConnId>,
 }
 
 /// Start the hub on its own thread. `authors` tells who made each incoming change (see
@@ -508,6 +533,7 @@ pub fn spawn(
         next_seq: 0,
         epoch: 0,
         saving: HashMap::new(),
+        held: HashSet::new(),
     };
     let thread = std::thread::Builder::new()
         .name("coalition-sync-hub".into())
@@ -538,6 +564,7 @@ impl Hub {
                     next = rx.try_recv().ok();
                 }
             }
+            self.release_drained(&mut batch);
             self.commit(batch);
             self.evict();
             if let Some(done) = shutdown {
@@ -1930,6 +1957,12 @@ impl Hub {
                         self.metrics.messages_out.fetch_add(1, Ordering::Relaxed);
                         self.metrics.bytes_out.fetch_add(len, Ordering::Relaxed);
                     }
+                    if queued(&info.outbox) > HOLD_AT && self.held.insert(conn) {
+                        self.engine.hold(conn);
+                        self.metrics
+                            .connections_held
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => overflowing.push(conn),
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
@@ -1945,6 +1978,28 @@ impl Hub {
                 let (closed, _) = mpsc::channel(1);
                 info.outbox = closed;
             }
+        }
+    }
+
+    /// Releases the held connections whose outboxes drained (see the module docs).
+    fn release_drained(&mut self, batch: &mut Batch) {
+        let drained: Vec<ConnId> = self
+            .held
+            .iter()
+            .filter(|conn| {
+                self.conns
+                    .get(conn)
+                    .is_none_or(|info| queued(&info.outbox) <= RELEASE_AT)
+            })
+            .copied()
+            .collect();
+        for conn in drained {
+            self.held.remove(&conn);
+            if self.conns.get(&conn).is_none_or(|info| info.closing) {
+                continue;
+            }
+            let actions = self.engine.release(conn, &mut self.docs);
+            self.perform(actions, batch);
         }
     }
 

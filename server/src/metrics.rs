@@ -44,6 +44,9 @@ pub struct Metrics {
     pub changes_accepted: AtomicU64,
     /// Messages or connections refused for a limit (size, rate, quota).
     pub limits_hit: AtomicU64,
+    /// Times a connection's messages were held back because it was not reading them (see
+    /// the hub's backpressure).
+    pub connections_held: AtomicU64,
     /// Devices enrolled since start.
     pub enrollments: AtomicU64,
     /// Frames whose handling panicked (a bug; the connection was closed).
@@ -159,6 +162,12 @@ impl Metrics {
             "coalition_limits_hit_total",
             "Messages or connections refused for a limit (size, rate, quota).",
             load(&self.limits_hit),
+        );
+        counter(
+            &mut out,
+            "coalition_connections_held_total",
+            "Times a connection's sync messages were held back while it read what it had queued.",
+            load(&self.connections_held),
         );
         counter(
             &mut out,

@@ -215,6 +215,20 @@ pub struct HubRig {
     pub ours: DocumentId,
 }
 
+/// A connection of a [`HubRig`] that the caller drives.
+pub struct RigConn {
+    /// Its id.
+    pub conn: ConnId,
+    from_hub: mpsc::Receiver<Outgoing>,
+}
+
+impl RigConn {
+    /// Frames the hub queued for it and it has not read.
+    pub fn queued(&self) -> usize {
+        self.from_hub.len()
+    }
+}
+
 /// Files of a store directory the rig copies (SQLite's side files exist only while open).
 const STORE_FILES: [&str; 1] = ["coalition.db"];
 
@@ -399,6 +413,67 @@ impl HubRig {
             .context("the hub did not let go of a closed connection")?;
             Ok(out)
         })
+    }
+
+    /// Opens a connection the caller drives frame by frame ([`Self::send`], [`Self::recv`]),
+    /// with an outbox as large as a socket task's.
+    pub fn open(&mut self) -> Result<RigConn> {
+        let hub = self.hub.clone().context("the hub was stopped")?;
+        let conn = ConnId(self.next_conn);
+        self.next_conn += 1;
+        let (outbox, from_hub) = mpsc::channel(OUTBOX_CAPACITY);
+        let device = self.device.clone();
+        let opened = self.runtime.block_on(hub.send(Event::Open {
+            conn,
+            device,
+            outbox,
+        }));
+        ensure!(opened, "the hub stopped taking events");
+        Ok(RigConn { conn, from_hub })
+    }
+
+    /// Hands the hub one frame from `conn`.
+    pub fn send(&mut self, conn: ConnId, bytes: Vec<u8>) -> Result<()> {
+        let hub = self.hub.clone().context("the hub was stopped")?;
+        let sent = self
+            .runtime
+            .block_on(hub.send(Event::Frame { conn, bytes }));
+        ensure!(sent, "the hub stopped taking events");
+        Ok(())
+    }
+
+    /// Lets the hub's clock tick (what the relay does every second).
+    pub fn tick(&mut self) -> Result<()> {
+        let hub = self.hub.clone().context("the hub was stopped")?;
+        ensure!(
+            self.runtime.block_on(hub.send(Event::Tick)),
+            "the hub stopped taking events"
+        );
+        Ok(())
+    }
+
+    /// The next message the hub sent on `c`, waiting up to `wait`; `None` when nothing came.
+    pub fn recv(&mut self, c: &mut RigConn, wait: Duration) -> Result<Option<Message>> {
+        let item = self
+            .runtime
+            .block_on(async { tokio::time::timeout(wait, c.from_hub.recv()).await });
+        match item {
+            Err(_) => Ok(None),
+            Ok(None) => bail!("the hub dropped connection {}", c.conn),
+            Ok(Some(Outgoing::Frame(bytes))) => {
+                Ok(Some(Message::decode(&bytes).with_context(|| {
+                    format!("the hub sent a malformed frame {bytes:02x?}")
+                })?))
+            }
+            Ok(Some(Outgoing::Close { reason, .. })) => {
+                bail!("the hub closed connection {}: {reason}", c.conn)
+            }
+        }
+    }
+
+    /// The relay's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The hub thread runs and caught no panic.

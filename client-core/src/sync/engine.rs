@@ -411,6 +411,9 @@ struct Connection {
     skipped: BTreeSet<DocumentId>,
     opened_at: Instant,
     docs: BTreeMap<DocumentId, PeerDoc>,
+    /// While held ([`SyncEngine::hold`]): the documents with news for the peer, sent on
+    /// release.
+    held: Option<BTreeSet<DocumentId>>,
 }
 
 impl Connection {
@@ -826,6 +829,60 @@ impl SyncEngine {
             self.generate(conn, doc_id, docs, &mut out);
         }
         out
+    }
+
+    /// Holds back every sync message to a peer that is not reading what it was sent (its
+    /// transport's queue is deep): the documents with news for it are only noted. Changes
+    /// keep arriving from it and are passed on to everyone else. Nothing is lost: on
+    /// [`Self::release`] it gets one message per document with everything it lacks, rather
+    /// than the many it would have had to work through.
+    pub fn hold(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.held.get_or_insert_with(BTreeSet::new);
+        }
+    }
+
+    /// Whether [`Self::hold`] holds this connection.
+    pub fn is_held(&self, conn: ConnId) -> bool {
+        self.conns.get(&conn).is_some_and(|c| c.held.is_some())
+    }
+
+    /// Ends a [`Self::hold`]: sends the peer what it lacks of every document that had news.
+    pub fn release(&mut self, conn: ConnId, docs: &mut dyn DocumentSource) -> Vec<Action> {
+        let mut out = Vec::new();
+        let Some(held) = self.conns.get_mut(&conn).and_then(|c| c.held.take()) else {
+            return out;
+        };
+        for doc_id in held {
+            // A peer that held everything up to some heads before the hold lacks exactly what
+            // came since: it goes as it would have as it arrived, in one message, without
+            // Automerge's Bloom filter and walk.
+            let caught_up = self
+                .peer_doc_mut(conn, doc_id)
+                .and_then(|p| p.caught_up.clone());
+            let since = caught_up.and_then(|before| {
+                let doc = docs.get_mut(&doc_id)?;
+                forward::Arrived::since(doc, &before, self.config.max_message_changes)
+            });
+            if let Some(arrived) = since {
+                if self.forward(conn, doc_id, &arrived, docs, &mut out) {
+                    continue;
+                }
+            }
+            self.generate(conn, doc_id, docs, &mut out);
+        }
+        out
+    }
+
+    /// Notes news for a held connection; true when it is held.
+    fn note_held(&mut self, conn: ConnId, doc_id: DocumentId) -> bool {
+        match self.conns.get_mut(&conn).and_then(|c| c.held.as_mut()) {
+            Some(held) => {
+                held.insert(doc_id);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The owner answers an [`Action::DocumentRequested`]: the document is now in the
@@ -1442,6 +1499,9 @@ impl SyncEngine {
         docs: &mut dyn DocumentSource,
         out: &mut Vec<Action>,
     ) {
+        if self.note_held(conn, doc_id) {
+            return;
+        }
         let Some(doc) = docs.get_mut(&doc_id) else {
             return;
         };
@@ -1506,6 +1566,9 @@ impl SyncEngine {
         docs: &mut dyn DocumentSource,
         out: &mut Vec<Action>,
     ) -> bool {
+        if self.note_held(conn, doc_id) {
+            return true;
+        }
         if arrived.byte_len() > self.config.max_message_changes {
             // Large: the general path splits it into pieces.
             return false;
@@ -1721,6 +1784,7 @@ fn connection(phase: Phase, now: Instant) -> Connection {
         skipped: BTreeSet::new(),
         opened_at: now,
         docs: BTreeMap::new(),
+        held: None,
     }
 }
 
@@ -2261,6 +2325,106 @@ mod tests {
         assert!(net.nodes[CLIENT].ephemeral.is_empty());
     }
 
+    #[test]
+    fn a_held_peer_gets_what_it_missed_in_one_message_on_release() {
+        let mut net = client_and_relay();
+        let mut other = Node::new("other", Some("other-store"));
+        let a = DocumentId::new_random();
+        other.store.loaded.insert(a, AutoCommit::new());
+        net.nodes.push(other);
+        net.nodes[CLIENT]
+            .store
+            .loaded
+            .insert(a, doc_with("k", "v0"));
+        net.connect(CLIENT, RELAY, ConnId(1));
+        net.connect(2, RELAY, ConnId(2));
+        net.share(CLIENT, a);
+        net.share(2, a);
+        assert_eq!(
+            value(&net.nodes[2].store.loaded[&a], "k").as_deref(),
+            Some("v0")
+        );
+
+        net.nodes[RELAY].engine.hold(ConnId(2));
+        assert!(net.nodes[RELAY].engine.is_held(ConnId(2)));
+        let to_other = |net: &Net| {
+            net.frames_sent
+                .get(&(RELAY, ConnId(2)))
+                .copied()
+                .unwrap_or(0)
+        };
+        let before = to_other(&net);
+        for n in 1..=5 {
+            let doc = net.nodes[CLIENT].store.loaded.get_mut(&a).expect("doc");
+            doc.put(ROOT, "k", format!("v{n}")).expect("put");
+            doc.commit_with(CommitOptions::default().with_time(1_700_000_000 + n));
+            net.local_change(CLIENT, a);
+        }
+        // The relay took every change and told the author; the held peer got nothing.
+        let client_heads = net.nodes[CLIENT]
+            .store
+            .loaded
+            .get_mut(&a)
+            .expect("doc")
+            .get_heads();
+        let relay_heads = net.nodes[RELAY]
+            .store
+            .loaded
+            .get_mut(&a)
+            .expect("doc")
+            .get_heads();
+        assert_eq!(relay_heads, client_heads);
+        assert_eq!(to_other(&net), before);
+        assert_eq!(
+            value(&net.nodes[2].store.loaded[&a], "k").as_deref(),
+            Some("v0")
+        );
+
+        let relay = &mut net.nodes[RELAY];
+        let actions = relay.engine.release(ConnId(2), &mut relay.store);
+        assert!(!net.nodes[RELAY].engine.is_held(ConnId(2)));
+        let sends = actions
+            .iter()
+            .filter(|a| {
+                matches!(
+                    a,
+                    Action::Send {
+                        conn: ConnId(2),
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(sends, 1, "one message with all five changes: {actions:?}");
+        let direct = net.direct_forwards;
+        net.handle(RELAY, actions);
+        // Built as changes are passed on as they arrive, without Automerge's general path.
+        assert_eq!(net.direct_forwards, direct + 1);
+        net.run();
+        assert_eq!(
+            value(&net.nodes[2].store.loaded[&a], "k").as_deref(),
+            Some("v5")
+        );
+        assert_eq!(
+            net.nodes[2]
+                .store
+                .loaded
+                .get_mut(&a)
+                .expect("doc")
+                .get_heads(),
+            client_heads
+        );
+        // Released, it is passed changes as they arrive again.
+        let doc = net.nodes[CLIENT].store.loaded.get_mut(&a).expect("doc");
+        doc.put(ROOT, "k", "v6").expect("put");
+        doc.commit_with(CommitOptions::default().with_time(1_700_000_006));
+        net.local_change(CLIENT, a);
+        assert_eq!(
+            value(&net.nodes[2].store.loaded[&a], "k").as_deref(),
+            Some("v6")
+        );
+    }
+
     /// A relay and `clients` clients syncing one document the first client created.
     fn relay_with_clients(clients: usize) -> (Net, DocumentId) {
         let mut relay = Node::new("relay", Some("relay-store"));
@@ -2458,6 +2622,36 @@ mod tests {
             // while the clients first sync (about 1% per change, with random actor ids) leaves
             // a peer whose copy the relay cannot be sure of, and it gets the general path. The
             // direct path itself is checked by the test above, which is deterministic.
+        }
+
+        /// The same with the relay holding back and releasing clients at any moment (a slow
+        /// reader): every copy still ends the same.
+        #[test]
+        fn concurrent_edits_converge_with_clients_held_and_released(
+            steps in proptest::collection::vec((1usize..=4, 0usize..6, 0usize..=4, proptest::bool::ANY), 1..40)
+        ) {
+            let (mut net, id) = relay_with_clients(4);
+            for (n, (client, deliveries, held, hold)) in steps.into_iter().enumerate() {
+                if held > 0 {
+                    let conn = ConnId(held as u64);
+                    let relay = &mut net.nodes[0];
+                    if hold {
+                        relay.engine.hold(conn);
+                    } else {
+                        let actions = relay.engine.release(conn, &mut relay.store);
+                        net.handle(0, actions);
+                    }
+                }
+                edit(&mut net, client, id, n as u32);
+                net.deliver(deliveries);
+            }
+            for conn in 1..=4 {
+                let relay = &mut net.nodes[0];
+                let actions = relay.engine.release(ConnId(conn), &mut relay.store);
+                net.handle(0, actions);
+            }
+            net.run();
+            assert_converged(&mut net, id);
         }
     }
 

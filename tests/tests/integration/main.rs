@@ -1,5 +1,6 @@
 //! End-to-end tests of Coalition Sync: real processes, real stores on disk.
 
+mod backpressure;
 mod bad_input;
 mod bad_links;
 mod cli;
