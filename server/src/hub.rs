@@ -95,10 +95,10 @@ pub const OUTBOX_CAPACITY: usize = 1024;
 
 /// Frames queued for a connection beyond which the engine holds back what it would send it
 /// (see the module docs on backpressure).
-const HOLD_AT: usize = 64;
+const HOLD_AT: usize = 256;
 
 /// Frames queued at or below which a held connection is released.
-const RELEASE_AT: usize = 8;
+const RELEASE_AT: usize = 32;
 
 /// How often the hub compacts stored documents.
 const COMPACT_EVERY: Duration = Duration::from_secs(300);

@@ -13,11 +13,11 @@ use coalition_core::sync::{DocumentId, Message, PeerId};
 use coalition_tests::bad_peer::{fixtures_dir, join, Fixtures, HubRig, RigConn, RELAY_PEER};
 
 /// Edits the writer makes while the reader does not read.
-const EDITS: usize = 300;
+const EDITS: usize = 600;
 
 /// Queued frames a held connection may still collect: what was queued when it was held (the
-/// relay holds a connection beyond 64), and frames of batches prepared before.
-const MAX_QUEUED: usize = 128;
+/// relay holds a connection beyond 256), and frames of batches prepared before.
+const MAX_QUEUED: usize = 320;
 
 struct Device {
     peer: &'static str,
