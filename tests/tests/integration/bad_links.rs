@@ -883,10 +883,50 @@ fn bad_links_a_resumed_session_sends_its_edit_early_even_to_a_restarted_relay() 
 /// less for a new device on a long link (issue 5). The HTTP endpoint is unreachable here, so
 /// the enrollment can only have gone over QUIC; a used invite is refused over QUIC as over
 /// HTTP, with the relay's reason.
+/// Connects over QUIC, to the device's QUIC endpoint or (with `port`) to that port with the
+/// endpoint's pin, and syncs once on that connection; says whether the first flight went as
+/// 0-RTT data.
+async fn sync_over_quic(
+    mut db: coalition_core::store::Store,
+    http: &str,
+    port: Option<u16>,
+) -> (coalition_core::transport::SyncSummary, bool) {
+    use coalition_core::transport::quic::{self, QuicTarget};
+    use coalition_core::transport::{sync_once_over, Congestion, SyncOptions};
+
+    let mut options = SyncOptions::from_store(&db, Some(http)).expect("options");
+    options.timeout = Duration::from_secs(60);
+    let mut endpoint = options.quic.expect("the invite's QUIC endpoint");
+    if let Some(port) = port {
+        endpoint.port = port;
+    }
+    let target = QuicTarget {
+        host: "127.0.0.1".to_owned(),
+        endpoint,
+        congestion: Congestion::default(),
+    };
+    let link = tokio::time::timeout(
+        Duration::from_secs(30),
+        quic::connect(&target, &options.credential, Duration::from_secs(30)),
+    )
+    .await
+    .expect("connecting within 30 s")
+    .expect("a QUIC connection");
+    let early = link.was_early();
+    let mut on_event = |_: &coalition_core::transport::WatchEvent| {};
+    let summary = tokio::time::timeout(
+        Duration::from_secs(90),
+        sync_once_over(&mut db, &options, link, &mut on_event),
+    )
+    .await
+    .expect("the sync within 90 s")
+    .expect("the sync");
+    (summary, early)
+}
+
 #[test]
 fn bad_links_a_device_enrolled_over_quic_sends_its_first_sync_early() {
-    use coalition_core::transport::quic::{self, QuicTarget};
-    use coalition_core::transport::{sync_once_over, Congestion, EnrollError, SyncOptions};
+    use coalition_core::transport::EnrollError;
 
     let tmp = tempfile::tempdir().expect("tempdir");
     let relay = QuicRelay::start(
@@ -955,34 +995,7 @@ fn bad_links_a_device_enrolled_over_quic_sends_its_first_sync_early() {
         started.elapsed()
     );
 
-    let (summary, early) = rt.block_on(async {
-        let mut db = db;
-        let mut options =
-            SyncOptions::from_store(&db, Some(&format!("http://{}", relay.http))).expect("options");
-        options.timeout = Duration::from_secs(60);
-        let target = QuicTarget {
-            host: "127.0.0.1".to_owned(),
-            endpoint: options.quic.expect("the invite's QUIC endpoint"),
-            congestion: Congestion::default(),
-        };
-        let link = tokio::time::timeout(
-            Duration::from_secs(30),
-            quic::connect(&target, &options.credential, Duration::from_secs(30)),
-        )
-        .await
-        .expect("connect within 30 s")
-        .expect("a QUIC connection");
-        let early = link.was_early();
-        let mut on_event = |_: &coalition_core::transport::WatchEvent| {};
-        let summary = tokio::time::timeout(
-            Duration::from_secs(90),
-            sync_once_over(&mut db, &options, link, &mut on_event),
-        )
-        .await
-        .expect("the sync within 90 s")
-        .expect("the sync");
-        (summary, early)
-    });
+    let (summary, early) = rt.block_on(sync_over_quic(db, &format!("http://{}", relay.http), None));
     assert!(early, "the first sync resumes the enrollment's session");
     assert_eq!(
         summary.outcome,
@@ -1009,9 +1022,6 @@ fn bad_links_a_device_enrolled_over_quic_sends_its_first_sync_early() {
 /// of the benchmark's 2G first syncs, needs more losses than this test makes.)
 #[test]
 fn bad_links_a_first_sync_whose_handshake_answer_is_lost_does_not_stall() {
-    use coalition_core::transport::quic::{self, QuicTarget};
-    use coalition_core::transport::{sync_once_over, Congestion, SyncOptions};
-
     let seed = seed("bad_links::lost_handshake_answer");
     let tmp = tempfile::tempdir().expect("tempdir");
     let relay = QuicRelay::start(
@@ -1045,36 +1055,7 @@ fn bad_links_a_first_sync_whose_handshake_answer_is_lost_does_not_stall() {
         .expect("proxy");
     link.lose_next_down(1);
     let started = Instant::now();
-    let (summary, early) = rt.block_on(async {
-        let mut db = db;
-        let mut options = SyncOptions::from_store(&db, Some(&http)).expect("options");
-        options.timeout = Duration::from_secs(60);
-        let target = QuicTarget {
-            host: "127.0.0.1".to_owned(),
-            endpoint: coalition_core::transport::QuicEndpoint {
-                port: link.addr().port(),
-                pin: options.quic.expect("the invite's QUIC endpoint").pin,
-            },
-            congestion: Congestion::default(),
-        };
-        let conn = tokio::time::timeout(
-            Duration::from_secs(30),
-            quic::connect(&target, &options.credential, Duration::from_secs(30)),
-        )
-        .await
-        .expect("connecting in time")
-        .expect("a QUIC connection");
-        let early = conn.was_early();
-        let mut on_event = |_: &coalition_core::transport::WatchEvent| {};
-        let summary = tokio::time::timeout(
-            Duration::from_secs(90),
-            sync_once_over(&mut db, &options, conn, &mut on_event),
-        )
-        .await
-        .expect("the sync ends")
-        .expect("the sync");
-        (summary, early)
-    });
+    let (summary, early) = rt.block_on(sync_over_quic(db, &http, Some(link.addr().port())));
     let took = started.elapsed();
     assert!(early, "the first sync resumes the enrollment's session");
     assert_eq!(
