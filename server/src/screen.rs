@@ -274,6 +274,35 @@ mod tests {
         peer.sync().generate_sync_message(&mut ps).expect("answer")
     }
 
+    /// Screens `message` against `relay` with `allowed` the one known author.
+    fn screen_from(relay: &mut AutoCommit, message: SyncData, allowed: ActorId) -> Screened {
+        screen(
+            relay,
+            DocKind::Comments,
+            None,
+            message,
+            &mut Pending::default(),
+            &mut author_of(allowed),
+        )
+        .expect("screen")
+    }
+
+    /// Adds `n` comments to `doc`, one change each.
+    fn add_comments(doc: &mut AutoCommit, prefix: &str, n: i64) {
+        let comments = automerge::ReadDoc::get(doc, ROOT, "comments")
+            .expect("get")
+            .expect("map")
+            .1;
+        for i in 0..n {
+            let id = format!("{prefix}{i}");
+            let comment = format!(
+                r#"{{"id":"{id}","kind":"comment","about":null,"text":"more","org":"ISU","user":"ana","at":3}}"#
+            );
+            doc.put(&comments, id, comment).expect("put");
+            doc.commit_with(CommitOptions::default().with_time(3 + i));
+        }
+    }
+
     #[test]
     fn refused_changes_leave_the_message_and_its_heads() {
         let stranger = ActorId::from([9u8; 16]);
@@ -326,31 +355,12 @@ mod tests {
     fn a_whole_document_from_a_peer_is_screened_as_its_changes() {
         let allowed = ActorId::from([1u8; 16]);
         let (mut relay, mut peer) = setup(allowed.clone());
-        let comments = automerge::ReadDoc::get(&peer, ROOT, "comments")
-            .expect("get")
-            .expect("map")
-            .1;
-        for n in 0..6 {
-            let comment = format!(
-                r#"{{"id":"d{n}","kind":"comment","about":null,"text":"more","org":"ISU","user":"ana","at":3}}"#
-            );
-            peer.put(&comments, format!("d{n}"), comment).expect("put");
-            peer.commit_with(CommitOptions::default().with_time(3 + n));
-        }
+        add_comments(&mut peer, "d", 6);
         let peer_heads = peer.get_heads();
         let message = message_from(&mut peer, &mut relay);
         // More than a third of the document: Automerge sends it whole.
         assert_eq!(message.version, automerge::sync::MessageVersion::V2);
-        let mut pending = Pending::default();
-        let out = screen(
-            &mut relay,
-            DocKind::Comments,
-            None,
-            message,
-            &mut pending,
-            &mut author_of(allowed),
-        )
-        .expect("screen");
+        let out = screen_from(&mut relay, message, allowed);
         assert!(out.refused.is_empty(), "{:?}", out.refused);
         assert_eq!(out.accepted, 7);
         let rewritten = SyncData::decode(&out.rewritten.expect("rewritten")).expect("decode");
@@ -361,36 +371,14 @@ mod tests {
     fn changes_sent_one_after_the_other_in_one_chunk_are_screened_one_by_one() {
         let allowed = ActorId::from([1u8; 16]);
         let (mut relay, _) = setup(allowed.clone());
-        let comments = automerge::ReadDoc::get(&relay, ROOT, "comments")
-            .expect("get")
-            .expect("map")
-            .1;
         // Enough history that two new changes are less than a third of the document.
-        for n in 0..12 {
-            relay.put(&comments, "seed", n).expect("put");
-            relay.commit_with(CommitOptions::default().with_time(10 + n));
-        }
+        add_comments(&mut relay, "seed", 12);
         let mut peer = relay.fork().with_actor(allowed.clone());
-        for n in 0..2 {
-            let comment = format!(
-                r#"{{"id":"e{n}","kind":"comment","about":null,"text":"two","org":"ISU","user":"ana","at":30}}"#
-            );
-            peer.put(&comments, format!("e{n}"), comment).expect("put");
-            peer.commit_with(CommitOptions::default().with_time(30 + n));
-        }
+        add_comments(&mut peer, "e", 2);
         let message = message_from(&mut peer, &mut relay);
         assert_eq!(message.version, automerge::sync::MessageVersion::V2);
         assert_eq!(message.changes.len(), 1, "both changes in one chunk");
-        let mut pending = Pending::default();
-        let out = screen(
-            &mut relay,
-            DocKind::Comments,
-            None,
-            message,
-            &mut pending,
-            &mut author_of(allowed),
-        )
-        .expect("screen");
+        let out = screen_from(&mut relay, message, allowed);
         assert!(out.refused.is_empty(), "{:?}", out.refused);
         assert_eq!(out.accepted, 2);
     }

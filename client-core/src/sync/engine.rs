@@ -2285,26 +2285,32 @@ mod tests {
         );
     }
 
-    #[test]
-    fn relay_forwards_changes_between_clients() {
+    /// The client (with `k` = `first` in a document) and a second client (node 2, storage
+    /// `other_store`) both syncing that document through the relay, on connections 1 and 2.
+    fn two_clients_on_one_document(first: &str, other_store: Option<&str>) -> (Net, DocumentId) {
         let mut net = client_and_relay();
-        let mut other = Node::new("other", None);
+        let mut other = Node::new("other", other_store);
         let a = DocumentId::new_random();
         other.store.loaded.insert(a, AutoCommit::new());
         net.nodes.push(other);
         net.nodes[CLIENT]
             .store
             .loaded
-            .insert(a, doc_with("k", "v1"));
-
+            .insert(a, doc_with("k", first));
         net.connect(CLIENT, RELAY, ConnId(1));
         net.connect(2, RELAY, ConnId(2));
         net.share(CLIENT, a);
         net.share(2, a);
         assert_eq!(
             value(&net.nodes[2].store.loaded[&a], "k").as_deref(),
-            Some("v1")
+            Some(first)
         );
+        (net, a)
+    }
+
+    #[test]
+    fn relay_forwards_changes_between_clients() {
+        let (mut net, a) = two_clients_on_one_document("v1", None);
 
         let doc = net.nodes[CLIENT].store.loaded.get_mut(&a).expect("doc");
         doc.put(ROOT, "k", "v2").expect("put");
@@ -2327,23 +2333,7 @@ mod tests {
 
     #[test]
     fn a_held_peer_gets_what_it_missed_in_one_message_on_release() {
-        let mut net = client_and_relay();
-        let mut other = Node::new("other", Some("other-store"));
-        let a = DocumentId::new_random();
-        other.store.loaded.insert(a, AutoCommit::new());
-        net.nodes.push(other);
-        net.nodes[CLIENT]
-            .store
-            .loaded
-            .insert(a, doc_with("k", "v0"));
-        net.connect(CLIENT, RELAY, ConnId(1));
-        net.connect(2, RELAY, ConnId(2));
-        net.share(CLIENT, a);
-        net.share(2, a);
-        assert_eq!(
-            value(&net.nodes[2].store.loaded[&a], "k").as_deref(),
-            Some("v0")
-        );
+        let (mut net, a) = two_clients_on_one_document("v0", Some("other-store"));
 
         net.nodes[RELAY].engine.hold(ConnId(2));
         assert!(net.nodes[RELAY].engine.is_held(ConnId(2)));

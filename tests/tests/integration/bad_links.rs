@@ -603,8 +603,7 @@ fn field_note_count(store: &Path) -> usize {
 /// second connection at the relay.
 #[test]
 fn bad_links_a_device_that_changes_networks_mid_sync_keeps_its_connection() {
-    use coalition_core::transport::quic::{self, QuicTarget};
-    use coalition_core::transport::{sync_once_over, Congestion, SyncOptions};
+    use coalition_core::transport::sync_once_over;
 
     let seed = seed("bad_links::migration");
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -642,20 +641,7 @@ fn bad_links_a_device_that_changes_networks_mid_sync_keeps_its_connection() {
     let move_after = 50_000;
     let (summary, migrator, moved_at, new_addr) = rt.block_on(async {
         let mut db = coalition_core::store::Store::open(&store).expect("store");
-        let mut options = SyncOptions::from_store(&db, Some(&http)).expect("options");
-        options.timeout = Duration::from_secs(60);
-        let target = QuicTarget {
-            host: "127.0.0.1".to_owned(),
-            endpoint: options.quic.expect("the invite's QUIC endpoint"),
-            congestion: Congestion::default(),
-        };
-        let conn = tokio::time::timeout(
-            Duration::from_secs(30),
-            quic::connect(&target, &options.credential, Duration::from_secs(30)),
-        )
-        .await
-        .expect("connecting in time")
-        .expect("a QUIC connection");
+        let (options, conn) = connect_quic(&db, &http, None).await;
         let migrator = conn.migrator();
         let old_addr = migrator.local_addr().expect("local address");
         let mut on_event = |_: &coalition_core::transport::WatchEvent| {};
@@ -884,17 +870,19 @@ fn bad_links_a_resumed_session_sends_its_edit_early_even_to_a_restarted_relay() 
 /// the enrollment can only have gone over QUIC; a used invite is refused over QUIC as over
 /// HTTP, with the relay's reason.
 /// Connects over QUIC, to the device's QUIC endpoint or (with `port`) to that port with the
-/// endpoint's pin, and syncs once on that connection; says whether the first flight went as
-/// 0-RTT data.
-async fn sync_over_quic(
-    mut db: coalition_core::store::Store,
+/// endpoint's pin; returns the options a sync on it takes (60 s) and the link.
+async fn connect_quic(
+    db: &coalition_core::store::Store,
     http: &str,
     port: Option<u16>,
-) -> (coalition_core::transport::SyncSummary, bool) {
+) -> (
+    coalition_core::transport::SyncOptions,
+    coalition_core::transport::quic::QuicLink,
+) {
     use coalition_core::transport::quic::{self, QuicTarget};
-    use coalition_core::transport::{sync_once_over, Congestion, SyncOptions};
+    use coalition_core::transport::{Congestion, SyncOptions};
 
-    let mut options = SyncOptions::from_store(&db, Some(http)).expect("options");
+    let mut options = SyncOptions::from_store(db, Some(http)).expect("options");
     options.timeout = Duration::from_secs(60);
     let mut endpoint = options.quic.expect("the invite's QUIC endpoint");
     if let Some(port) = port {
@@ -912,11 +900,22 @@ async fn sync_over_quic(
     .await
     .expect("connecting within 30 s")
     .expect("a QUIC connection");
+    (options, link)
+}
+
+/// [`connect_quic`], then one sync on that connection; says whether the first flight went as
+/// 0-RTT data.
+async fn sync_over_quic(
+    mut db: coalition_core::store::Store,
+    http: &str,
+    port: Option<u16>,
+) -> (coalition_core::transport::SyncSummary, bool) {
+    let (options, link) = connect_quic(&db, http, port).await;
     let early = link.was_early();
     let mut on_event = |_: &coalition_core::transport::WatchEvent| {};
     let summary = tokio::time::timeout(
         Duration::from_secs(90),
-        sync_once_over(&mut db, &options, link, &mut on_event),
+        coalition_core::transport::sync_once_over(&mut db, &options, link, &mut on_event),
     )
     .await
     .expect("the sync within 90 s")
