@@ -24,10 +24,10 @@
 //!
 //! # Backpressure
 //!
-//! A connection whose outbox holds more than [`HOLD_AT`] frames (a slow link, or a relay
+//! A connection whose outbox holds more than 256 frames (`HOLD_AT`; a slow link, or a relay
 //! short of CPU whose socket tasks fall behind) is held: the engine stops passing it changes
 //! as they arrive and only notes the documents with news ([`SyncEngine::hold`]). Once its
-//! outbox is down to [`RELEASE_AT`] frames (checked after every batch and every tick), it gets
+//! outbox is down to 32 frames (`RELEASE_AT`; checked after every batch and every tick), it gets
 //! one message per such document with everything it lacks. Under load that turns many small
 //! messages into a few larger ones, less work for everyone, instead of a queue that grows
 //! until the connection is dropped. A connection whose outbox fills all the same is dropped
