@@ -333,6 +333,30 @@ impl Store {
         Ok(coalition)
     }
 
+    /// The ids of the documents of a coalition that [`Self::load_docs`] would load, without
+    /// loading them.
+    pub fn doc_ids(&self, coalition: &DocumentId) -> Result<Vec<DocumentId>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT DISTINCT c.doc_id FROM chunks c JOIN documents d ON d.doc_id = c.doc_id
+                 WHERE d.coalition_id = ?1 ORDER BY c.doc_id",
+            )
+            .map_err(|e| self.err(e))?;
+        let mut rows = stmt
+            .query([coalition.to_string()])
+            .map_err(|e| self.err(e))?;
+        let mut ids = Vec::new();
+        while let Some(row) = rows.next().map_err(|e| self.err(e))? {
+            let id: String = row.get(0).map_err(|e| self.err(e))?;
+            ids.push(id.parse().map_err(|_| StoreError::Corrupt {
+                doc: id.clone(),
+                source: automerge::AutomergeError::InvalidObjId(id.clone()),
+            })?);
+        }
+        Ok(ids)
+    }
+
     /// Load the documents of a coalition without assembling them.
     pub fn load_docs(
         &self,
@@ -887,6 +911,26 @@ impl Store {
 mod tests {
     use super::*;
     use crate::fixture::fixture;
+
+    #[test]
+    fn doc_ids_are_the_documents_load_docs_loads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(dir.path()).expect("open");
+        let mut f = fixture();
+        store.save_all(&mut f.c).expect("save");
+        let loaded: Vec<DocumentId> = store
+            .load_docs(f.c.id())
+            .expect("load")
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert!(loaded.len() > 1, "{loaded:?}");
+        assert_eq!(store.doc_ids(f.c.id()).expect("ids"), loaded);
+        assert!(store
+            .doc_ids(&DocumentId::new_random())
+            .expect("ids")
+            .is_empty());
+    }
 
     #[test]
     fn writes_by_another_process_are_reported_and_own_writes_are_not() {

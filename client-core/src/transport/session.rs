@@ -250,16 +250,9 @@ impl<'s> Session<'s> {
 
     /// Loads every stored document of a coalition (an empty manifest if there is none).
     fn load_coalition(&mut self, coalition: DocumentId) -> Result<(), SessionError> {
-        let stored: Vec<DocumentId> = self
-            .local
-            .store
-            .load_docs(&coalition)?
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect();
         // `load_doc` (unlike `load_docs`) tells the store what it holds of each document, so
-        // that saving a received change writes only that change. Loading twice costs a
-        // few milliseconds per sync; writing whole documents would cost the store's size.
+        // that saving a received change writes only that change.
+        let stored = self.local.store.doc_ids(&coalition)?;
         for id in stored {
             self.load_one(id, coalition)?;
         }
