@@ -333,6 +333,27 @@ fn bad_links_a_link_down_5s_in_every_20s_still_converges() {
     assert!(has_comment(&other, "written before the outage"));
 }
 
+/// A device enrolled with the relay's second invite (in `dir/writer`) writes `n` field notes
+/// of `len` characters and syncs them, so that the coalition has that weight to download.
+/// Returns the relay's HTTP address.
+fn writer_with_field_notes(
+    relay: &QuicRelay,
+    dir: &Path,
+    n: usize,
+    len: usize,
+    seed: u64,
+) -> String {
+    let writer = dir.join("writer");
+    relay.enroll(&writer, 1, relay.udp.port(), "writer");
+    let http = format!("http://{}", relay.http);
+    let s = sync_via(&writer, &http, &[], Duration::from_secs(30)).expect("writer's first sync");
+    assert!(complete(&s), "{s}");
+    field_notes(&writer, n, len, seed);
+    let s = sync_via(&writer, &http, &[], Duration::from_secs(60)).expect("writer sync");
+    assert!(complete(&s), "{s}");
+    http
+}
+
 /// Writes `n` field notes of `len` characters each on a device, in process (a `coalition`
 /// process per note would take most of the test's time). The text is seeded noise: nothing
 /// for a compressor to take out, so the bytes on the link are the bytes of the notes.
@@ -391,14 +412,7 @@ fn bad_links_a_transfer_cut_at_half_resumes_without_resending() {
         ],
     );
     // Give the coalition weight (about 300 KB of field notes) from a writer device.
-    let writer = tmp.path().join("writer");
-    relay.enroll(&writer, 1, relay.udp.port(), "writer");
-    let http = format!("http://{}", relay.http);
-    let s = sync_via(&writer, &http, &[], Duration::from_secs(30)).expect("writer's first sync");
-    assert!(complete(&s), "{s}");
-    field_notes(&writer, 60, 5_000, seed);
-    let s = sync_via(&writer, &http, &[], Duration::from_secs(60)).expect("writer sync");
-    assert!(complete(&s), "{s}");
+    let http = writer_with_field_notes(&relay, tmp.path(), 60, 5_000, seed);
 
     let rt = proxies();
     let spec = LinkSpec {
@@ -612,14 +626,7 @@ fn bad_links_a_device_that_changes_networks_mid_sync_keeps_its_connection() {
         &[("dario", "BHMAC", "nmac"), ("opal", "NPA", "operator")],
     );
     // About 200 KB of field notes to download.
-    let writer = tmp.path().join("writer");
-    relay.enroll(&writer, 1, relay.udp.port(), "writer");
-    let http = format!("http://{}", relay.http);
-    let s = sync_via(&writer, &http, &[], Duration::from_secs(30)).expect("writer's first sync");
-    assert!(complete(&s), "{s}");
-    field_notes(&writer, 40, 5_000, seed);
-    let s = sync_via(&writer, &http, &[], Duration::from_secs(60)).expect("writer sync");
-    assert!(complete(&s), "{s}");
+    let http = writer_with_field_notes(&relay, tmp.path(), 40, 5_000, seed);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -1027,14 +1034,7 @@ fn bad_links_a_first_sync_whose_handshake_answer_is_lost_does_not_stall() {
         tmp.path(),
         &[("dario", "BHMAC", "nmac"), ("opal", "NPA", "operator")],
     );
-    let writer = tmp.path().join("writer");
-    relay.enroll(&writer, 1, relay.udp.port(), "writer");
-    let http = format!("http://{}", relay.http);
-    let s = sync_via(&writer, &http, &[], Duration::from_secs(30)).expect("writer's first sync");
-    assert!(complete(&s), "{s}");
-    field_notes(&writer, 40, 3_000, seed);
-    let s = sync_via(&writer, &http, &[], Duration::from_secs(60)).expect("writer sync");
-    assert!(complete(&s), "{s}");
+    let http = writer_with_field_notes(&relay, tmp.path(), 40, 3_000, seed);
 
     // Enrolled over QUIC in this process, on the clean loopback: the first sync resumes.
     let store = tmp.path().join("device");
