@@ -156,7 +156,12 @@ fn uleb128(bytes: &[u8]) -> Option<(u64, usize)> {
     let mut value: u64 = 0;
     for (i, byte) in bytes.iter().take(10).enumerate() {
         let bits = u64::from(byte & 0x7f);
-        value |= bits.checked_shl(7 * i as u32)?;
+        let shift = 7 * i as u32;
+        if (bits << shift) >> shift != bits {
+            // More than 64 bits.
+            return None;
+        }
+        value |= bits << shift;
         if byte & 0x80 == 0 {
             return Some((value, i + 1));
         }
@@ -393,6 +398,15 @@ mod tests {
         assert!(split_chunks(&long).is_none());
         let endless = [0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 1, 0xff, 0xff, 0xff];
         assert!(split_chunks(&endless).is_none());
+        // Ten bytes whose last carries more than the 64th bit.
+        assert_eq!(
+            uleb128(&[0xff; 9].iter().copied().chain([0x01]).collect::<Vec<_>>()),
+            Some((u64::MAX, 10))
+        );
+        assert_eq!(
+            uleb128(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02]),
+            None
+        );
         let chunks = ChunkList::from(vec![long]);
         assert!(matches!(changes_in(&chunks), Err(ScreenError::Malformed)));
     }
