@@ -179,7 +179,7 @@ impl QuicIdentity {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_no_client_auth()
             .with_single_cert(self.chain.clone(), self.key.clone_key())?;
-        tls.alpn_protocols = vec![wire::ALPN.to_vec()];
+        tls.alpn_protocols = wire::alpn_protocols();
         // QUIC allows only 0 or u32::MAX here (RFC 9001, section 4.6.1).
         tls.max_early_data_size = u32::MAX;
         // Sessions a device can resume (with 0-RTT) are kept in memory, each taken once (so a
@@ -464,7 +464,8 @@ async fn run(
             return false;
         }
     };
-    if let Err(e) = wire::write_frame(&mut send, br#"{"ok":true}"#).await {
+    let framing = wire::Framing::of_connection(&conn).unwrap_or(wire::Framing::Plain);
+    if let Err(e) = wire::write_frame(&mut send, framing, br#"{"ok":true}"#).await {
         tracing::debug!(%remote, error = %e, "cannot welcome a QUIC device");
         return false;
     }
@@ -486,7 +487,18 @@ async fn run(
         sent: 0,
         waiting: std::collections::VecDeque::new(),
     };
-    pump(conn, id, send, recv, gate, early, hub.clone(), frames).await;
+    pump(
+        conn,
+        id,
+        send,
+        recv,
+        framing,
+        gate,
+        early,
+        hub.clone(),
+        frames,
+    )
+    .await;
     hub.send(Event::Closed { conn: id }).await;
     true
 }
@@ -571,7 +583,8 @@ async fn answer_and_close(
     code: u32,
     reason: &[u8],
 ) {
-    match wire::write_frame(send, body).await {
+    let framing = wire::Framing::of_connection(conn).unwrap_or(wire::Framing::Plain);
+    match wire::write_frame(send, framing, body).await {
         Ok(()) => {
             if send.finish().is_ok() {
                 // Wait (bounded) until the device has the answer, so the close does not
@@ -672,6 +685,7 @@ async fn pump(
     id: ConnId,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
+    framing: wire::Framing,
     gate: Gate,
     mut early: Early,
     hub: HubHandle,
@@ -680,7 +694,7 @@ async fn pump(
     let (events_tx, mut events) = mpsc::channel(64);
     let mut tasks = JoinSet::new();
     wire::spawn_readers(&mut tasks, conn.clone(), recv, MAX_FRAME, events_tx.clone());
-    let mut router = StreamRouter::new(conn.clone(), send, events_tx);
+    let mut router = StreamRouter::new(conn.clone(), send, framing, events_tx);
     // A device sends its `join` on the control stream and its first document messages on
     // their own streams in the same flight; they can be read in any order, and the hub must
     // see the `join` first. Held frames are bounded by the streams' flow control.

@@ -1071,3 +1071,88 @@ fn bad_links_a_first_sync_whose_handshake_answer_is_lost_does_not_stall() {
         link.counters().total()
     );
 }
+
+/// The relay's first answers to a device that speaks `alpn` over QUIC, read by hand: for each
+/// frame, whether it came deflated, and the message.
+async fn first_answers_over(relay: &QuicRelay, store: &Path, alpn: &[u8]) -> Vec<(bool, Vec<u8>)> {
+    use coalition_core::sync::message::JoinMessage;
+    use coalition_core::sync::{Message, PeerId, PeerMetadata};
+    use coalition_core::transport::quic::pin::{PinVerifier, SpkiPin};
+    use coalition_core::transport::quic::wire::{self, Framing};
+
+    let options = coalition_core::transport::SyncOptions::from_store(
+        &coalition_core::store::Store::open(store).expect("store"),
+        Some(&format!("http://{}", relay.http)),
+    )
+    .expect("options");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let pin = SpkiPin::parse(&relay.pin).expect("pin");
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .dangerous()
+        .with_custom_certificate_verifier(PinVerifier::new(pin, &provider))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("QUIC TLS");
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("UDP");
+    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    let conn = endpoint
+        .connect(relay.udp, wire::SERVER_NAME)
+        .expect("connect")
+        .await
+        .expect("handshake");
+    let (mut send, mut recv) = conn.open_bi().await.expect("control stream");
+    let join = Message::Join(JoinMessage {
+        sender_id: PeerId::new("oldtablet1"),
+        peer_metadata: PeerMetadata {
+            storage_id: None,
+            is_ephemeral: true,
+        },
+        supported_protocol_versions: vec!["1".to_owned()],
+        skips_in_step: false,
+    });
+    for frame in [options.credential.into_bytes(), join.encode()] {
+        wire::write_frame(&mut send, Framing::Plain, &frame)
+            .await
+            .expect("write");
+    }
+    let mut answers = Vec::new();
+    // The welcome, then the `peer`.
+    for _ in 0..2 {
+        let mut header = [0u8; 4];
+        recv.read_exact(&mut header).await.expect("a header");
+        let header = u32::from_be_bytes(header);
+        let mut bytes = vec![0u8; (header & 0x7fff_ffff) as usize];
+        recv.read_exact(&mut bytes).await.expect("a frame");
+        answers.push((header >> 31 == 1, bytes));
+    }
+    conn.close(0u32.into(), b"");
+    answers
+}
+
+/// A device from before deflated frames offers only `coalition-sync/1` and gets every frame
+/// as it is; one that offers `coalition-sync/2` gets the same answers, the larger deflated.
+#[test]
+fn quic_frames_are_deflated_only_for_devices_that_offer_it() {
+    use coalition_core::sync::Message;
+    use coalition_core::transport::quic::wire;
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay = QuicRelay::start(tmp.path(), &[("dario", "BHMAC", "nmac")]);
+    let store = tmp.path().join("tablet");
+    relay.enroll(&store, 0, relay.udp.port(), "tablet");
+    let rt = proxies();
+    let plain = rt.block_on(first_answers_over(&relay, &store, wire::ALPN_PLAIN));
+    let deflating = rt.block_on(first_answers_over(&relay, &store, wire::ALPN));
+
+    assert!(plain.iter().all(|(deflated, _)| !deflated), "{plain:?}");
+    assert_eq!(plain[0].1, br#"{"ok":true}"#);
+    assert!(matches!(Message::decode(&plain[1].1), Ok(Message::Peer(_))));
+
+    // The welcome is too small to deflate; the `peer` is not.
+    assert!(!deflating[0].0 && deflating[1].0, "{deflating:?}");
+    assert!(deflating[1].1.len() < plain[1].1.len());
+    let peer = wire::inflate(&deflating[1].1, 1 << 20).expect("the peer frame inflates");
+    assert_eq!(peer, plain[1].1, "the same answer either way");
+}

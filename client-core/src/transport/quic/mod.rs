@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use self::pin::{PinVerifier, QuicEndpoint, SpkiPin};
-use self::wire::{Congestion, StreamEvent, StreamRouter};
+use self::wire::{Congestion, Framing, StreamEvent, StreamRouter};
 use super::enroll::ApiErrorBody;
 use super::session::error_chain;
 use crate::sync::Message;
@@ -125,10 +125,33 @@ struct Remembered {
     /// The relay's address validation tokens (`NEW_TOKEN`): with one, the relay can answer
     /// a resumed connection's first flight in full before the handshake completes.
     tokens: Arc<quinn::TokenMemoryCache>,
+    /// The framing of the last handshake with the relay: what a resumed connection writes its
+    /// 0-RTT data with (the relay takes early data only for the ALPN of the session resumed).
+    framing: Arc<Mutex<Option<Framing>>>,
 }
 
-/// The client configuration for a pin; see [`Remembered`].
-fn client_config(pin: SpkiPin, congestion: Congestion) -> Result<quinn::ClientConfig, QuicError> {
+impl Remembered {
+    /// The framing to write with before the handshake says.
+    fn framing(&self) -> Framing {
+        // A poisoned lock still holds a whole value.
+        let last = *self.framing.lock().unwrap_or_else(|p| p.into_inner());
+        last.unwrap_or(Framing::Plain)
+    }
+
+    /// Notes the framing `conn`'s handshake settled on, if it did; returns it.
+    fn note_framing(&self, conn: &Connection) -> Option<Framing> {
+        let framing = Framing::of_connection(conn)?;
+        *self.framing.lock().unwrap_or_else(|p| p.into_inner()) = Some(framing);
+        Some(framing)
+    }
+}
+
+/// The client configuration for a pin, and what the device keeps of that relay; see
+/// [`Remembered`].
+fn client_config(
+    pin: SpkiPin,
+    congestion: Congestion,
+) -> Result<(quinn::ClientConfig, Remembered), QuicError> {
     static CONFIGS: OnceLock<Mutex<HashMap<SpkiPin, Remembered>>> = OnceLock::new();
     let configs = CONFIGS.get_or_init(Default::default);
     // A poisoned lock holds a complete map (inserts are single calls); keep using it.
@@ -144,7 +167,7 @@ fn client_config(pin: SpkiPin, congestion: Congestion) -> Result<quinn::ClientCo
                 // Not a way around verification: the pin verifier is stricter than a CA.
                 .with_custom_certificate_verifier(PinVerifier::new(pin, &provider))
                 .with_no_client_auth();
-            tls.alpn_protocols = vec![wire::ALPN.to_vec()];
+            tls.alpn_protocols = wire::alpn_protocols();
             tls.enable_early_data = true;
             let quic = QuicClientConfig::try_from(tls).map_err(|e| {
                 QuicError::Tls(rustls::Error::General(format!("no QUIC cipher suite: {e}")))
@@ -152,15 +175,16 @@ fn client_config(pin: SpkiPin, congestion: Congestion) -> Result<quinn::ClientCo
             let remembered = Remembered {
                 crypto: Arc::new(quic),
                 tokens: Arc::new(quinn::TokenMemoryCache::default()),
+                framing: Arc::default(),
             };
             configs.insert(pin, remembered.clone());
             remembered
         }
     };
-    let mut config = quinn::ClientConfig::new(remembered.crypto);
-    config.token_store(remembered.tokens);
+    let mut config = quinn::ClientConfig::new(remembered.crypto.clone());
+    config.token_store(remembered.tokens.clone());
     config.transport_config(Arc::new(wire::transport_config(congestion)));
-    Ok(config)
+    Ok((config, remembered))
 }
 
 /// Tokio, with the tasks that drive an endpoint and its connection held until a gate opens.
@@ -245,7 +269,7 @@ pub async fn connect(
     timeout: Duration,
 ) -> Result<QuicLink, QuicError> {
     let addr = resolve(&target.host, target.endpoint.port).await?;
-    let config = client_config(target.endpoint.pin, target.congestion)?;
+    let (config, remembered) = client_config(target.endpoint.pin, target.congestion)?;
     let (gate, held) = tokio::sync::watch::channel(false);
     let mut endpoint = held_endpoint(local_addr_for(addr), held).map_err(QuicError::Socket)?;
     endpoint.set_default_client_config(config);
@@ -266,18 +290,26 @@ pub async fn connect(
             Err(_) => return Err(QuicError::TimedOut { addr, timeout }),
         },
     };
+    // In 0-RTT, the framing of the session resumed; once the handshake is done, its own.
+    let framing = remembered
+        .note_framing(&conn)
+        .unwrap_or_else(|| remembered.framing());
     let control_err = |reason: String| QuicError::Control { addr, reason };
     let (mut send, recv) = wire::unless_held(&gate, conn.open_bi())
         .await
         .map_err(|e| control_err(wire::describe_connection_error(&e)))?;
-    wire::unless_held(&gate, wire::write_frame(&mut send, credential.as_bytes()))
-        .await
-        .map_err(|e| control_err(error_chain(&e)))?;
-    tracing::debug!(%addr, early = early.is_some(), "QUIC connected");
-    let (router, events, tasks) = streams(&conn, send, recv);
+    wire::unless_held(
+        &gate,
+        wire::write_frame(&mut send, framing, credential.as_bytes()),
+    )
+    .await
+    .map_err(|e| control_err(error_chain(&e)))?;
+    tracing::debug!(%addr, early = early.is_some(), ?framing, "QUIC connected");
+    let (router, events, tasks) = streams(&conn, send, recv, framing);
     Ok(QuicLink {
         endpoint,
         conn,
+        remembered,
         gate,
         router: Some(router),
         events,
@@ -333,7 +365,7 @@ pub async fn enroll(
     answer_timeout: Duration,
 ) -> Result<Vec<u8>, QuicEnrollError> {
     let addr = resolve(&target.host, target.endpoint.port).await?;
-    let config = client_config(target.endpoint.pin, target.congestion)?;
+    let (config, remembered) = client_config(target.endpoint.pin, target.congestion)?;
     let mut endpoint = Endpoint::client(local_addr_for(addr)).map_err(QuicError::Socket)?;
     endpoint.set_default_client_config(config);
     let connecting = endpoint
@@ -350,13 +382,16 @@ pub async fn enroll(
             .into())
         }
     };
+    let framing = remembered
+        .note_framing(&conn)
+        .unwrap_or_else(|| remembered.framing());
     let no_answer = |reason: String| QuicEnrollError::NoAnswer { addr, reason };
     let exchange = async {
         let (mut send, mut recv) = conn
             .open_bi()
             .await
             .map_err(|e| no_answer(wire::describe_connection_error(&e)))?;
-        wire::write_frame(&mut send, request)
+        wire::write_frame(&mut send, framing, request)
             .await
             .map_err(|e| no_answer(error_chain(&e)))?;
         match wire::read_frame(&mut recv, MAX_ENROLL_ANSWER).await {
@@ -401,11 +436,12 @@ fn streams(
     conn: &Connection,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
+    framing: Framing,
 ) -> (StreamRouter, mpsc::Receiver<StreamEvent>, JoinSet<()>) {
     let (events_tx, events) = mpsc::channel(64);
     let mut tasks = JoinSet::new();
     wire::spawn_readers(&mut tasks, conn.clone(), recv, MAX_FRAME, events_tx.clone());
-    let router = StreamRouter::new(conn.clone(), send, events_tx);
+    let router = StreamRouter::new(conn.clone(), send, framing, events_tx);
     (router, events, tasks)
 }
 
@@ -442,6 +478,8 @@ pub struct QuicLink {
     // Dropping the endpoint while the connection lives would close the socket under it.
     endpoint: Endpoint,
     conn: Connection,
+    /// What the device keeps of the relay: the framing the handshake settles on goes there.
+    remembered: Remembered,
     /// Holds the connection's first datagram until the first flight is queued (see
     /// [`HeldRuntime`]); opened at the first [`Self::recv`] or close.
     gate: tokio::sync::watch::Sender<bool>,
@@ -515,6 +553,11 @@ impl QuicLink {
                         None => std::future::pending().await,
                     }
                 } => {
+                    if let (Some(framing), Some(router)) =
+                        (self.remembered.note_framing(&self.conn), &self.router)
+                    {
+                        router.set_framing(framing);
+                    }
                     if accepted {
                         self.early = None;
                     } else if let Some(early) = self.early.as_mut() {
@@ -566,7 +609,11 @@ impl QuicLink {
             frames = early.frames.len(),
             "the relay refused the 0-RTT data; sending it again"
         );
-        let (mut router, events, tasks) = streams(&self.conn, send, recv);
+        let framing = self
+            .remembered
+            .note_framing(&self.conn)
+            .unwrap_or(Framing::Plain);
+        let (mut router, events, tasks) = streams(&self.conn, send, recv, framing);
         router.send_control(early.credential.into_bytes());
         for frame in early.frames {
             router.send(frame);

@@ -11,7 +11,11 @@
 //!   in order. Documents do not wait for each other: a lost packet of one big initial load
 //!   stalls only its own stream, and the relay's answer about a small document overtakes it.
 //!
-//! Every message is one frame: a 4-byte big-endian length, then the CBOR bytes.
+//! Every message is one frame: a 4-byte big-endian header, then the CBOR bytes. The header's
+//! low 31 bits are the length of what follows; on a `coalition-sync/2` connection its top bit
+//! says the bytes are the message deflated ([`Framing`]). One small edit (a few hundred bytes
+//! of CBOR keys, ids, the author's commit message and a JSON record) deflates to about half,
+//! and a resumed connection's whole first flight then fits in its first datagram.
 //!
 //! A device sends document messages only after the relay's `peer` arrived, and the relay
 //! answers a document only after it saw the device's `join`, which the device sent on the
@@ -36,8 +40,168 @@ use tokio::task::JoinSet;
 
 use crate::sync::{DocumentId, Message};
 
-/// The ALPN protocol name of sync over QUIC.
-pub const ALPN: &[u8] = b"coalition-sync/1";
+/// The ALPN name of sync over QUIC with frames that may be deflated ([`Framing::Deflate`]).
+pub const ALPN: &[u8] = b"coalition-sync/2";
+
+/// The ALPN name of sync over QUIC with every frame as it is ([`Framing::Plain`]): what
+/// devices and relays spoke before deflated frames, and still speak to them.
+pub const ALPN_PLAIN: &[u8] = b"coalition-sync/1";
+
+/// The ALPN names both sides offer, the preferred first (the relay picks the first of its own
+/// list that the device offers).
+pub fn alpn_protocols() -> Vec<Vec<u8>> {
+    vec![ALPN.to_vec(), ALPN_PLAIN.to_vec()]
+}
+
+/// The top bit of a frame header: the bytes that follow are the message deflated.
+const DEFLATED: u32 = 1 << 31;
+
+/// Frames smaller than this go as they are: there is too little to gain.
+const DEFLATE_MIN: usize = 64;
+
+/// Frames larger than this go as they are: they are whole documents or pieces of them, which
+/// Automerge has compressed already (a saved document gains under 1%).
+const DEFLATE_MAX: usize = 64 << 10;
+
+/// The preset dictionary of deflated frames (raw deflate, RFC 1951, primed as zlib's
+/// `deflateSetDictionary` does): the strings sync messages repeat, so that a frame of a few
+/// hundred bytes, the usual size of one edit, finds them. It is part of `coalition-sync/2`:
+/// another dictionary needs another ALPN name. The most frequent strings come last, where
+/// matches cost the fewest bits.
+pub const DICTIONARY: &[u8] = b"\
+{\"entry_id\":\"\",\"decision\":\"approved\",\"decided_on\":\"\",\"note\":null}\
+{\"id\":\"\",\"code\":\"\",\"area_id\":\"\",\"operator\":\"\",\"method\":\"ts\",\"planned_start\":\"\",\"planned_end\":\"\"}\
+\"fields\":[\"amount\",\"channel\",\"committed_on\",\"currency\",\"donor\",\"end_year\",\"id\",\"need_id\",\"pillar\",\"start_year\",\"status\"]}\
+\"fields\":[\"amount\",\"currency\",\"date\",\"id\",\"pledge_id\"]}\
+{\"id\":\"\",\"area_id\":\"\",\"task_id\":\"\",\"operator\":\"\",\"method\":\"clearance\",\"cancelled_m2\":0,\"reduced_m2\":0,\"cleared_m2\":\
+,\"items\":{\"submunitions\":},\"date_of_information\":\"\",\"location\":null,\"amends\":null,\"voids\":null,\"reason\":null}\
+\"action\":\"record\",\"entity\":\"releases\",\"id\":\"\",\"fields\":[\"amends\",\"area_id\",\"cancelled_m2\",\"cleared_m2\",\
+\"date_of_information\",\"id\",\"items\",\"location\",\"method\",\"operator\",\"reason\",\"reduced_m2\",\"task_id\",\"voids\"]}\
+{\"id\":\"\",\"kind\":\"field_note\",\"about\":null,\"text\":\"\",\"org\":\"\",\"user\":\"\",\"at\":\
+\"action\":\"put\",\"entity\":\"tasks\",\"id\":\"\",\"fields\":[\"status\"]}\
+{\"org\":\"\",\"user\":\"\",\"device\":\"rugged-tablet\",\"action\":\"record\",\"entity\":\"comments\",\"id\":\"\",\
+\"fields\":[\"about\",\"at\",\"id\",\"kind\",\"org\",\"text\",\"user\"]}\x85oJ\x83\
+\xa2dtypeeerrorgmessage\xa3dtypeeleavehsenderId\
+\xa5dtypedpeerhsenderIdlrelay-htargetIdjlpeerMetadata\xa2istorageIdkisEphemeral\xf4\
+wselectedProtocolVersiona1fbehind\x80\
+\xa5dtypedjoinhsenderIdjlpeerMetadata\xa2istorageIdx$kisEphemeral\xf4\
+x\x19supportedProtocolVersions\x81a1kskipsInStep\xf5\
+\xa5dtypedsynchsenderIdjhtargetIdlrelay-jdocumentIdx\x1cddataY";
+
+/// How one connection's frames are written, from the ALPN its handshake settled on. Reading
+/// needs no such choice: a plain frame's header never has its top bit set (frames are at most
+/// [`super::MAX_FRAME`] bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// `coalition-sync/1`: every frame as it is.
+    Plain,
+    /// `coalition-sync/2`: a frame goes deflated when that makes it smaller.
+    Deflate,
+}
+
+impl Framing {
+    /// The framing of an ALPN name; anything but `coalition-sync/2` is plain.
+    pub fn of_protocol(protocol: Option<&[u8]>) -> Framing {
+        if protocol == Some(ALPN) {
+            Framing::Deflate
+        } else {
+            Framing::Plain
+        }
+    }
+
+    /// The framing a connection's handshake settled on; `None` until the peer's choice is
+    /// known (a device's connection in 0-RTT).
+    pub fn of_connection(conn: &Connection) -> Option<Framing> {
+        let data = conn.handshake_data()?;
+        let data = data
+            .downcast::<quinn::crypto::rustls::HandshakeData>()
+            .ok()?;
+        Some(Framing::of_protocol(data.protocol.as_deref()))
+    }
+
+    /// `frame` with its header, ready for a stream: deflated if this framing allows it and
+    /// it comes out smaller.
+    pub fn encode(self, frame: &[u8]) -> Vec<u8> {
+        if self == Framing::Deflate && (DEFLATE_MIN..=DEFLATE_MAX).contains(&frame.len()) {
+            if let Some(deflated) = deflate(frame) {
+                let mut buf = Vec::with_capacity(4 + deflated.len());
+                // Under DEFLATE_MAX, so well inside 31 bits.
+                let len = deflated.len() as u32;
+                buf.extend_from_slice(&(len | DEFLATED).to_be_bytes());
+                buf.extend_from_slice(&deflated);
+                return buf;
+            }
+        }
+        let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+        let mut buf = Vec::with_capacity(4 + frame.len());
+        buf.extend_from_slice(&len.to_be_bytes());
+        buf.extend_from_slice(frame);
+        buf
+    }
+}
+
+/// `frame` deflated with [`DICTIONARY`], if that is smaller by at least an eighth (less is
+/// not worth the peer's inflating).
+fn deflate(frame: &[u8]) -> Option<Vec<u8>> {
+    use flate2::{Compress, Compression, FlushCompress, Status};
+    let mut deflater = Compress::new(Compression::default(), false);
+    if let Err(e) = deflater.set_dictionary(DICTIONARY) {
+        // Only a broken build of zlib could refuse a dictionary to a new stream.
+        tracing::warn!(error = %e, "cannot prime deflate; frames go as they are");
+        return None;
+    }
+    let worth = frame.len() - frame.len() / 8;
+    let mut out = Vec::with_capacity(worth);
+    match deflater.compress_vec(frame, &mut out, FlushCompress::Finish) {
+        Ok(Status::StreamEnd) if out.len() <= worth => Some(out),
+        // Out of room: it would not have been worth it.
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "deflate failed; the frame goes as it is");
+            None
+        }
+    }
+}
+
+/// Inflates the bytes of a deflated frame (those after its header); at most `max` bytes come
+/// out.
+pub fn inflate(deflated: &[u8], max: usize) -> Result<Vec<u8>, FrameError> {
+    use flate2::{Decompress, FlushDecompress, Status};
+    let corrupt = |why: String| FrameError::Corrupt(why);
+    let mut inflater = Decompress::new(false);
+    inflater
+        .set_dictionary(DICTIONARY)
+        .map_err(|e| corrupt(e.to_string()))?;
+    let mut out = Vec::with_capacity(deflated.len().saturating_mul(4).min(max));
+    loop {
+        let read = usize::try_from(inflater.total_in()).unwrap_or(usize::MAX);
+        let rest = deflated.get(read..).unwrap_or_default();
+        if out.len() == out.capacity() {
+            if out.len() >= max {
+                return Err(FrameError::TooLarge {
+                    len: out.len() + 1,
+                    max,
+                });
+            }
+            out.reserve_exact(out.len().max(1024).min(max - out.len()));
+        }
+        match inflater.decompress_vec(rest, &mut out, FlushDecompress::Finish) {
+            Ok(Status::StreamEnd) if inflater.total_in() == deflated.len() as u64 => {
+                return Ok(out)
+            }
+            Ok(Status::StreamEnd) => {
+                return Err(corrupt("bytes follow the deflated stream".to_owned()))
+            }
+            Ok(Status::Ok) => {}
+            // No progress with room left: the input ended before the stream did.
+            Ok(Status::BufError) if out.len() < out.capacity() => {
+                return Err(corrupt("the deflated frame ends early".to_owned()))
+            }
+            Ok(Status::BufError) => {}
+            Err(e) => return Err(corrupt(e.to_string())),
+        }
+    }
+}
 
 /// The TLS server name the device asks for. The relay's certificate is checked against the
 /// pin, not a name, so the name is the same everywhere.
@@ -67,38 +231,51 @@ pub enum FrameError {
     /// The frame is larger than the reader accepts.
     #[error("a frame of {len} bytes is larger than the limit of {max}")]
     TooLarge {
-        /// Its announced length.
+        /// Its announced length (or, deflated, a length it inflated past).
         len: usize,
         /// The limit.
         max: usize,
     },
+    /// A deflated frame does not inflate.
+    #[error("a deflated frame is corrupt: {0}")]
+    Corrupt(String),
 }
 
-/// Writes one frame.
-pub async fn write_frame(send: &mut SendStream, frame: &[u8]) -> Result<(), quinn::WriteError> {
-    let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
-    // One write: two would let the connection send the length prefix in a packet of its own.
-    let mut buf = Vec::with_capacity(4 + frame.len());
-    buf.extend_from_slice(&len.to_be_bytes());
-    buf.extend_from_slice(frame);
-    send.write_all(&buf).await
+/// Writes one frame (one write: two would let the connection send the header in a packet of
+/// its own).
+pub async fn write_frame(
+    send: &mut SendStream,
+    framing: Framing,
+    frame: &[u8],
+) -> Result<(), quinn::WriteError> {
+    send.write_all(&framing.encode(frame)).await
 }
 
-/// Reads one frame; `None` when the stream ended cleanly between frames.
+/// Reads one frame, inflating it if it came deflated; `None` when the stream ended cleanly
+/// between frames.
 pub async fn read_frame(recv: &mut RecvStream, max: usize) -> Result<Option<Vec<u8>>, FrameError> {
-    let mut len = [0u8; 4];
-    match recv.read_exact(&mut len).await {
+    let mut header = [0u8; 4];
+    match recv.read_exact(&mut header).await {
         Ok(()) => {}
         Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
         Err(e) => return Err(e.into()),
     }
-    let len = u32::from_be_bytes(len) as usize;
+    let (len, deflated) = parse_header(header);
     if len > max {
         return Err(FrameError::TooLarge { len, max });
     }
     let mut frame = vec![0u8; len];
     recv.read_exact(&mut frame).await?;
+    if deflated {
+        return inflate(&frame, max).map(Some);
+    }
     Ok(Some(frame))
+}
+
+/// A frame header: the length of the bytes that follow, and whether they are deflated.
+fn parse_header(header: [u8; 4]) -> (usize, bool) {
+    let header = u32::from_be_bytes(header);
+    ((header & !DEFLATED) as usize, header & DEFLATED != 0)
 }
 
 /// The congestion controller of a QUIC connection.
@@ -390,9 +567,36 @@ impl Unwritten {
     }
 }
 
+/// A connection's [`Framing`], shared by its stream writers: a device that wrote its first
+/// flight with the framing of its last connection sets the one the handshake settled on.
+#[derive(Debug, Clone)]
+struct SharedFraming(Arc<std::sync::atomic::AtomicBool>);
+
+impl SharedFraming {
+    fn new(framing: Framing) -> SharedFraming {
+        SharedFraming(Arc::new((framing == Framing::Deflate).into()))
+    }
+
+    fn get(&self) -> Framing {
+        if self.0.load(std::sync::atomic::Ordering::Acquire) {
+            Framing::Deflate
+        } else {
+            Framing::Plain
+        }
+    }
+
+    fn set(&self, framing: Framing) {
+        self.0.store(
+            framing == Framing::Deflate,
+            std::sync::atomic::Ordering::Release,
+        );
+    }
+}
+
 /// Sends frames on the stream they belong to, each stream from its own task.
 pub struct StreamRouter {
     conn: Connection,
+    framing: SharedFraming,
     unwritten: Arc<Unwritten>,
     control: mpsc::UnboundedSender<Vec<u8>>,
     docs: HashMap<DocumentId, mpsc::UnboundedSender<Vec<u8>>>,
@@ -404,19 +608,28 @@ pub struct StreamRouter {
 }
 
 impl StreamRouter {
-    /// A router over `conn`, writing control frames to `control`; write failures are reported
-    /// to `events`.
+    /// A router over `conn`, writing control frames to `control` and every frame with
+    /// `framing`; write failures are reported to `events`.
     pub fn new(
         conn: Connection,
         control: SendStream,
+        framing: Framing,
         events: mpsc::Sender<StreamEvent>,
     ) -> StreamRouter {
         let mut control_writer = JoinSet::new();
         let (tx, rx) = mpsc::unbounded_channel();
         let unwritten = Arc::new(Unwritten::default());
-        control_writer.spawn(write_stream(control, rx, events.clone(), unwritten.clone()));
+        let framing = SharedFraming::new(framing);
+        control_writer.spawn(write_stream(
+            control,
+            rx,
+            framing.clone(),
+            events.clone(),
+            unwritten.clone(),
+        ));
         StreamRouter {
             conn,
+            framing,
             unwritten,
             control: tx,
             docs: HashMap::new(),
@@ -437,9 +650,10 @@ impl StreamRouter {
                 let conn = self.conn.clone();
                 let events = self.events.clone();
                 let unwritten = self.unwritten.clone();
+                let framing = self.framing.clone();
                 self.writers.spawn(async move {
                     match conn.open_uni().await {
-                        Ok(send) => write_stream(send, rx, events, unwritten).await,
+                        Ok(send) => write_stream(send, rx, framing, events, unwritten).await,
                         Err(e) => {
                             rx.close();
                             while rx.recv().await.is_some() {
@@ -467,6 +681,11 @@ impl StreamRouter {
             self.unwritten.done();
             tracing::debug!("a frame for the QUIC control stream was dropped: its writer stopped");
         }
+    }
+
+    /// Writes the frames not yet written with `framing` (the one the handshake settled on).
+    pub fn set_framing(&self, framing: Framing) {
+        self.framing.set(framing);
     }
 
     /// Waits until every frame queued so far was written to its stream (or its stream
@@ -506,16 +725,19 @@ impl StreamRouter {
 async fn write_stream(
     mut send: SendStream,
     mut frames: mpsc::UnboundedReceiver<Vec<u8>>,
+    framing: SharedFraming,
     events: mpsc::Sender<StreamEvent>,
     unwritten: Arc<Unwritten>,
 ) {
     while let Some(frame) = frames.recv().await {
         // Only fails if the stream is already finished, which only this task does.
         let written = match send.set_priority(priority_for(frame.len())) {
-            Ok(()) => write_frame(&mut send, &frame).await.map_err(|e| match e {
-                quinn::WriteError::ConnectionLost(e) => describe_connection_error(&e),
-                other => crate::transport::session::error_chain(&other),
-            }),
+            Ok(()) => write_frame(&mut send, framing.get(), &frame)
+                .await
+                .map_err(|e| match e {
+                    quinn::WriteError::ConnectionLost(e) => describe_connection_error(&e),
+                    other => crate::transport::session::error_chain(&other),
+                }),
             Err(e) => Err(crate::transport::session::error_chain(&e)),
         };
         unwritten.done();
@@ -537,9 +759,161 @@ async fn write_stream(
     }
 }
 
+// A plain frame's header must never look deflated.
+const _: () = assert!(super::MAX_FRAME < DEFLATED as usize);
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::coalition::Edit;
+    use crate::model::{Comment, CommentKind};
+    use crate::sync::message::SyncMessage;
+    use crate::sync::{Message, PeerId};
+    use automerge::sync::SyncDoc;
+
+    /// A `sync` frame carrying one field note, as a device sends it: the demo coalition's
+    /// comments document, one comment added, the message a peer at the heads before gets.
+    fn one_edit_frame() -> Vec<u8> {
+        let (mut coalition, cast) = crate::demo::bosnia().expect("demo");
+        let who = cast.operators.values().next().expect("an operator").clone();
+        let before: HashMap<_, _> = coalition.docs().map(|d| (d.id, d.doc.clone())).collect();
+        let edit = Edit::AddComment(Comment {
+            id: crate::ids::new_entity_id(),
+            kind: CommentKind::FieldNote,
+            about: None,
+            text: "Track to the school cleared of vegetation".to_owned(),
+            org: who.org.clone(),
+            user: who.user.clone(),
+            at: 1_790_000_000,
+        });
+        let committed = coalition.apply(&who, edit, 1_790_000_000).expect("edit");
+        let id = committed.docs[0];
+        let mut theirs = before[&id].clone();
+        let mut ours = coalition.doc(&id).expect("the document").doc.clone();
+        let (mut our_state, mut their_state) =
+            (automerge::sync::State::new(), automerge::sync::State::new());
+        // Heads and Bloom filters first; the message that carries the change comes once
+        // each side knows what the other has.
+        let mut carried = None;
+        for _ in 0..4 {
+            if let Some(m) = ours.sync().generate_sync_message(&mut our_state) {
+                if !m.changes.is_empty() {
+                    carried = Some(m.clone());
+                }
+                theirs
+                    .sync()
+                    .receive_sync_message(&mut their_state, m)
+                    .expect("receive");
+            }
+            if let Some(m) = theirs.sync().generate_sync_message(&mut their_state) {
+                ours.sync()
+                    .receive_sync_message(&mut our_state, m)
+                    .expect("receive");
+            }
+        }
+        let data = carried.expect("a message with the change").encode();
+        Message::Sync(SyncMessage {
+            sender_id: PeerId::new("3a8a98c128"),
+            target_id: PeerId::new("relay-04ff73"),
+            document_id: id,
+            data,
+        })
+        .encode()
+    }
+
+    fn decode(encoded: &[u8], max: usize) -> Result<Vec<u8>, FrameError> {
+        let header: [u8; 4] = encoded[..4].try_into().expect("a header");
+        let (len, deflated) = parse_header(header);
+        assert_eq!(len, encoded.len() - 4, "the header gives the length");
+        if deflated {
+            inflate(&encoded[4..], max)
+        } else {
+            Ok(encoded[4..].to_vec())
+        }
+    }
+
+    #[test]
+    fn one_edit_goes_deflated_at_about_half_its_size() {
+        let frame = one_edit_frame();
+        let deflated = Framing::Deflate.encode(&frame);
+        let (_, flagged) = parse_header(deflated[..4].try_into().expect("header"));
+        assert!(flagged);
+        assert!(
+            deflated.len() * 10 < frame.len() * 6,
+            "{} B deflated to {} B",
+            frame.len(),
+            deflated.len()
+        );
+        assert_eq!(
+            decode(&deflated, MAX_FRAME_FOR_TESTS).expect("inflates"),
+            frame
+        );
+
+        let plain = Framing::Plain.encode(&frame);
+        assert_eq!(&plain[4..], &frame[..]);
+        assert_eq!(decode(&plain, MAX_FRAME_FOR_TESTS).expect("plain"), frame);
+    }
+
+    const MAX_FRAME_FOR_TESTS: usize = 1 << 20;
+
+    #[test]
+    fn frames_that_would_not_shrink_go_as_they_are() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let noise: Vec<u8> = (0..2_000).map(|_| rng.random()).collect();
+        let tiny = b"{\"ok\":true}".to_vec();
+        let huge = vec![b'a'; DEFLATE_MAX + 1];
+        for frame in [noise, tiny, huge] {
+            let encoded = Framing::Deflate.encode(&frame);
+            assert_eq!(encoded.len(), frame.len() + 4);
+            assert_eq!(decode(&encoded, 1 << 20).expect("plain"), frame);
+        }
+    }
+
+    #[test]
+    fn a_deflated_frame_that_inflates_past_the_limit_is_refused() {
+        let bomb = deflate(&vec![0u8; 60_000]).expect("zeros deflate");
+        assert!(bomb.len() < 200, "{} B", bomb.len());
+        assert!(matches!(
+            inflate(&bomb, 10_000),
+            Err(FrameError::TooLarge { max: 10_000, .. })
+        ));
+        assert_eq!(inflate(&bomb, 60_000).expect("at the limit").len(), 60_000);
+    }
+
+    #[test]
+    fn corrupt_deflated_frames_are_refused() {
+        let frame = one_edit_frame();
+        let deflated = deflate(&frame).expect("deflates");
+        let truncated = &deflated[..deflated.len() / 2];
+        let mut trailing = deflated.clone();
+        trailing.extend_from_slice(b"more");
+        for bad in [&b"\xff\xff\xff\xff"[..], truncated, &trailing, &[]] {
+            assert!(
+                matches!(
+                    inflate(bad, MAX_FRAME_FOR_TESTS),
+                    Err(FrameError::Corrupt(_))
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_dictionary_is_part_of_the_protocol() {
+        // Changing it breaks every `coalition-sync/2` peer: that takes a new ALPN name.
+        let mut zlib = flate2::Compress::new(flate2::Compression::default(), true);
+        let adler = zlib.set_dictionary(DICTIONARY).expect("a dictionary");
+        assert_eq!((DICTIONARY.len(), adler), (1366, 95_803_240));
+    }
+
+    #[test]
+    fn the_framing_follows_the_alpn() {
+        assert_eq!(Framing::of_protocol(Some(ALPN)), Framing::Deflate);
+        assert_eq!(Framing::of_protocol(Some(ALPN_PLAIN)), Framing::Plain);
+        assert_eq!(Framing::of_protocol(None), Framing::Plain);
+        assert_eq!(alpn_protocols()[0], ALPN);
+    }
 
     #[test]
     fn smaller_frames_get_higher_priority() {
