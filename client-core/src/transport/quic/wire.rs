@@ -60,8 +60,10 @@ const DEFLATED: u32 = 1 << 31;
 const DEFLATE_MIN: usize = 64;
 
 /// Frames larger than this go as they are: they are whole documents or pieces of them, which
-/// Automerge has compressed already (a saved document gains under 1%).
-const DEFLATE_MAX: usize = 64 << 10;
+/// Automerge has compressed already (a saved document gains under 1%). A reader refuses a
+/// deflated frame that inflates past it: a few kilobytes of deflate can stand for megabytes,
+/// and no peer may make another hold more than it sent by more than this.
+pub const DEFLATE_MAX: usize = 64 << 10;
 
 /// The preset dictionary of deflated frames (raw deflate, RFC 1951, primed as zlib's
 /// `deflateSetDictionary` does): the strings sync messages repeat, so that a frame of a few
@@ -261,6 +263,9 @@ pub async fn read_frame(recv: &mut RecvStream, max: usize) -> Result<Option<Vec<
         Err(e) => return Err(e.into()),
     }
     let (len, deflated) = parse_header(header);
+    // Deflated frames are at most DEFLATE_MAX before deflating (and a deflate stream is never
+    // much larger than what it holds).
+    let max = if deflated { max.min(DEFLATE_MAX) } else { max };
     if len > max {
         return Err(FrameError::TooLarge { len, max });
     }
@@ -826,7 +831,7 @@ mod tests {
         let (len, deflated) = parse_header(header);
         assert_eq!(len, encoded.len() - 4, "the header gives the length");
         if deflated {
-            inflate(&encoded[4..], max)
+            inflate(&encoded[4..], max.min(DEFLATE_MAX))
         } else {
             Ok(encoded[4..].to_vec())
         }
@@ -879,6 +884,14 @@ mod tests {
             Err(FrameError::TooLarge { max: 10_000, .. })
         ));
         assert_eq!(inflate(&bomb, 60_000).expect("at the limit").len(), 60_000);
+        // Whatever a reader's own limit, a deflated frame stands for at most DEFLATE_MAX.
+        let big = deflate(&vec![0u8; DEFLATE_MAX + 1]).expect("zeros deflate");
+        let mut framed = ((big.len() as u32) | DEFLATED).to_be_bytes().to_vec();
+        framed.extend_from_slice(&big);
+        assert!(matches!(
+            decode(&framed, 64 << 20),
+            Err(FrameError::TooLarge { max: DEFLATE_MAX, .. })
+        ));
     }
 
     #[test]
