@@ -62,7 +62,7 @@ const DEFLATE_MIN: usize = 64;
 /// Frames larger than this go as they are: they are whole documents or pieces of them, which
 /// Automerge has compressed already (a saved document gains under 1%). A reader refuses a
 /// deflated frame that inflates past it: a few kilobytes of deflate can stand for megabytes,
-/// and no peer may make another hold more than it sent by more than this.
+/// and a peer must not make the other side hold a thousand times what it sent.
 pub const DEFLATE_MAX: usize = 64 << 10;
 
 /// The preset dictionary of deflated frames (raw deflate, RFC 1951, primed as zlib's
@@ -890,7 +890,10 @@ mod tests {
         framed.extend_from_slice(&big);
         assert!(matches!(
             decode(&framed, 64 << 20),
-            Err(FrameError::TooLarge { max: DEFLATE_MAX, .. })
+            Err(FrameError::TooLarge {
+                max: DEFLATE_MAX,
+                ..
+            })
         ));
     }
 
