@@ -857,6 +857,10 @@ pub struct SyncSummary {
     pub bytes_sent: i64,
     /// Bytes received.
     pub bytes_received: i64,
+    /// Bytes on the wire both ways, over QUIC: what a metered link bills (headers,
+    /// acknowledgements, retransmissions included; frames as they went, deflated or not).
+    /// None over WebSocket.
+    pub wire_bytes: Option<i64>,
     /// Problems that did not stop the sync.
     pub warnings: Vec<String>,
 }
@@ -873,6 +877,7 @@ impl From<&transport::SyncSummary> for SyncSummary {
             unavailable_documents: ids(&mut s.stats.unavailable.iter()),
             bytes_sent: i64::try_from(s.stats.bytes_sent).unwrap_or(i64::MAX),
             bytes_received: i64::try_from(s.stats.bytes_received).unwrap_or(i64::MAX),
+            wire_bytes: s.wire_bytes.map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
             warnings: s.stats.warnings.clone(),
         }
     }

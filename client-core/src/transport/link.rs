@@ -87,6 +87,15 @@ impl Link {
         }
     }
 
+    /// Bytes on the wire so far, both ways, over QUIC (see [`QuicLink::wire_bytes`]); `None`
+    /// over a WebSocket, whose TCP segments the device does not see.
+    pub(crate) fn wire_bytes(&self) -> Option<u64> {
+        match self {
+            Link::Ws(_) => None,
+            Link::Quic(quic) => Some(quic.wire_bytes()),
+        }
+    }
+
     /// Sends a frame. A WebSocket waits for the socket (up to [`SEND_TIMEOUT`]); QUIC queues
     /// it on its document's stream and returns.
     pub(crate) async fn send(&mut self, frame: Vec<u8>) -> Result<(), String> {

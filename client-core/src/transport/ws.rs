@@ -312,6 +312,10 @@ pub struct SyncSummary {
     pub unsent: Vec<DocumentId>,
     /// Counters: bytes each way, documents received and refused, warnings.
     pub stats: SyncStats,
+    /// Bytes on the wire both ways over QUIC: UDP payloads, with packet headers,
+    /// acknowledgements, retransmissions and the handshake, and frames as they went (deflated
+    /// or not). What a metered link bills; `None` over a WebSocket.
+    pub wire_bytes: Option<u64>,
 }
 
 /// Something a running sync reports.
@@ -771,6 +775,7 @@ async fn sync_on(
         unanswered: session.unanswered(),
         unsent: session.unsent(),
         stats: session.stats().clone(),
+        wire_bytes: link.wire_bytes(),
     })
 }
 
@@ -785,6 +790,8 @@ pub struct WatchSummary {
     pub bytes_sent: u64,
     /// Bytes received.
     pub bytes_received: u64,
+    /// Bytes on the wire both ways of its QUIC connections (see [`SyncSummary::wire_bytes`]).
+    pub quic_wire_bytes: u64,
     /// Documents that received remote changes.
     pub received: usize,
 }
@@ -847,6 +854,7 @@ pub async fn watch<S: Future<Output = ()>>(
                 let stats = session.stats();
                 summary.bytes_sent += stats.bytes_sent;
                 summary.bytes_received += stats.bytes_received;
+                summary.quic_wire_bytes += link.wire_bytes().unwrap_or(0);
                 received.extend(stats.received.iter().copied());
                 summary.received = received.len();
                 if stats.frames_received > 0 {

@@ -229,10 +229,23 @@ fn converge_over(transport: &str) {
     // dev0 pushes; dev1 pushes and gets dev0's; dev0 gets dev1's.
     for i in [0, 1, 0] {
         let started = Instant::now();
+        let on_link_before = links[i].0.counters().total();
         let s = sync_via(&stores[i], &via(i), &flag, limit)
             .unwrap_or_else(|e| panic!("sync of dev{i}: {e}\n{}", relay.log_text()));
         assert!(complete(&s), "{s}");
         eprintln!("dev{i} synced over {transport} in {:?}", started.elapsed());
+        // Over QUIC the summary says what went over the wire, as the link counted it (the
+        // link also counts what it lost on the way to the device, and late packets).
+        if transport == "quic" {
+            let on_link = links[i].0.counters().total() - on_link_before;
+            let wire = s["wire_bytes"].as_u64().expect("wire bytes over QUIC");
+            assert!(
+                wire <= on_link + 2_000 && wire * 2 >= on_link,
+                "{wire} B on the wire by the summary, {on_link} B by the link (seed {seed})"
+            );
+        } else {
+            assert!(s["wire_bytes"].is_null(), "{s}");
+        }
     }
     for store in &stores {
         for i in 0..2 {

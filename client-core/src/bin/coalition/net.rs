@@ -96,11 +96,12 @@ pub fn sync(store: &mut Store, json: bool, coalition: Option<&str>, a: SyncArgs)
                     print_json(&summary)
                 } else {
                     println!(
-                        "stopped: {} connection(s), received changes in {} document(s), sent {}, received {}",
+                        "stopped: {} connection(s), received changes in {} document(s), sent {}, received {}{}",
                         summary.connections,
                         summary.received,
                         bytes(summary.bytes_sent),
-                        bytes(summary.bytes_received)
+                        bytes(summary.bytes_received),
+                        on_the_wire((summary.quic_connections > 0).then_some(summary.quic_wire_bytes)),
                     );
                     Ok(())
                 }
@@ -269,16 +270,25 @@ fn bytes(n: u64) -> String {
     }
 }
 
+/// What a sync cost on the wire, when the device could see it (QUIC).
+fn on_the_wire(wire_bytes: Option<u64>) -> String {
+    match wire_bytes {
+        Some(n) => format!(" ({} on the wire)", bytes(n)),
+        None => String::new(),
+    }
+}
+
 fn render_summary(s: &SyncSummary, server: &str) -> String {
     let mut out = String::new();
     let stats = &s.stats;
     out.push_str(&format!(
-        "synced {} document(s) with {server} over {}: received changes in {}; sent {}, received {}\n",
+        "synced {} document(s) with {server} over {}: received changes in {}; sent {}, received {}{}\n",
         s.documents,
         s.transport,
         stats.received.len(),
         bytes(stats.bytes_sent),
         bytes(stats.bytes_received),
+        on_the_wire(s.wire_bytes),
     ));
     if !stats.unavailable.is_empty() {
         out.push_str(&format!(
