@@ -119,6 +119,9 @@ pub struct Checked {
     /// Changes whose dependencies are neither in the document nor in the batch: they cannot be
     /// judged yet and are neither applied nor refused.
     pub waiting: Vec<Change>,
+    /// Times the document was copied whole to try the changes on: the copy kept from the last
+    /// check was out of step with it (or there was none), or a refusal started it again.
+    pub copies: usize,
 }
 
 /// Check `changes` against `doc` (of `kind`, owned by `owner`), with `author` telling who an
@@ -148,15 +151,15 @@ pub fn check_changes_on(
     let mut out = Checked::default();
     let known: HashSet<ChangeHash> = changes.iter().map(Change::hash).collect();
     let ordered = causal_order(doc, changes, &known, &mut out.waiting);
-    let mut fork = match copy.take() {
-        Some(mut kept) => {
-            if kept.get_heads() == doc.get_heads() {
-                kept
-            } else {
-                doc.fork()
-            }
+    let kept = copy
+        .take()
+        .and_then(|mut kept| (kept.get_heads() == doc.get_heads()).then_some(kept));
+    let mut fork = match kept {
+        Some(kept) => kept,
+        None => {
+            out.copies += 1;
+            doc.fork()
         }
-        None => doc.fork(),
     };
     let mut refused_hashes: HashSet<ChangeHash> = HashSet::new();
     for change in ordered {
@@ -180,6 +183,7 @@ pub fn check_changes_on(
                 // Rebuild the fork without the refused change. Refusals are rare (devices
                 // check the same rules before committing), so the cost is acceptable.
                 fork = doc.fork();
+                out.copies += 1;
                 if let Err(e) = fork.apply_changes(out.accepted.iter().cloned()) {
                     tracing::error!(error = %e, "re-applying accepted changes to a fork failed");
                 }

@@ -1061,6 +1061,9 @@ impl Hub {
         self.metrics
             .changes_accepted
             .fetch_add(screened.accepted as u64, Ordering::Relaxed);
+        self.metrics
+            .screen_copies
+            .fetch_add(screened.copies as u64, Ordering::Relaxed);
         if !screened.refused.is_empty() {
             // Refused changes are kept, so they count toward what the relay stores from the
             // sender, and toward the device's refusals: neither the quarantine nor the work of
@@ -1696,6 +1699,13 @@ impl Hub {
     /// transaction, see [`writer`]), and queue what the batch holds back until they are
     /// durable.
     fn commit(&mut self, mut batch: Batch) {
+        let counters = self.engine.counters();
+        self.metrics
+            .general_messages
+            .store(counters.general_messages, Ordering::Relaxed);
+        self.metrics
+            .general_receives
+            .store(counters.general_receives, Ordering::Relaxed);
         let manifests = std::mem::take(&mut batch.manifests);
         if !manifests.is_empty() {
             self.recheck_members(&manifests, &mut batch);

@@ -47,6 +47,13 @@ pub struct Metrics {
     /// Times a connection's messages were held back because it was not reading them (see
     /// the hub's backpressure).
     pub connections_held: AtomicU64,
+    /// Sync messages the engine made with Automerge's general path (see
+    /// [`coalition_core::sync::EngineCounters`]).
+    pub general_messages: AtomicU64,
+    /// Sync messages the engine took with Automerge's general path.
+    pub general_receives: AtomicU64,
+    /// Times a document was copied whole to check changes on.
+    pub screen_copies: AtomicU64,
     /// Devices enrolled since start.
     pub enrollments: AtomicU64,
     /// Frames whose handling panicked (a bug; the connection was closed).
@@ -168,6 +175,24 @@ impl Metrics {
             "coalition_connections_held_total",
             "Times a connection's sync messages were held back while it read what it had queued.",
             load(&self.connections_held),
+        );
+        counter(
+            &mut out,
+            "coalition_sync_general_messages_total",
+            "Sync messages made with Automerge's general path (a Bloom filter and a walk of the change graph); the others pass changes on as they arrived.",
+            load(&self.general_messages),
+        );
+        counter(
+            &mut out,
+            "coalition_sync_general_receives_total",
+            "Sync messages taken with Automerge's general path (a walk of the peer's heads' ancestors).",
+            load(&self.general_receives),
+        );
+        counter(
+            &mut out,
+            "coalition_screen_copies_total",
+            "Times a document was copied whole to check incoming changes on.",
+            load(&self.screen_copies),
         );
         counter(
             &mut out,

@@ -94,79 +94,13 @@ pub struct Screened {
     pub accepted: usize,
     /// Their size in bytes.
     pub accepted_bytes: usize,
+    /// Times the document was copied whole to try them on (see [`coalition_core::check::Checked::copies`]).
+    pub copies: usize,
 }
 
-/// The changes in a sync message, one by one. A chunk is a change, several changes one after
-/// the other (Automerge 0.12 sends a peer that reads v2 messages the changes it lacks that
-/// way, in one chunk), or a whole document (a v2 message with more than a third of the
-/// document).
+/// The changes in a sync message, one by one (see [`coalition_core::sync::changes_in`]).
 pub fn changes_in(chunks: &ChunkList) -> Result<Vec<Change>, ScreenError> {
-    let mut out = Vec::new();
-    for chunk in chunks.iter() {
-        if let Ok(change) = Change::from_bytes(chunk.to_vec()) {
-            out.push(change);
-            continue;
-        }
-        let pieces: Option<Vec<Change>> = split_chunks(chunk).and_then(|pieces| {
-            pieces
-                .into_iter()
-                .map(|piece| Change::from_bytes(piece.to_vec()).ok())
-                .collect()
-        });
-        match pieces {
-            Some(changes) => out.extend(changes),
-            None => {
-                let doc = automerge::Automerge::load(chunk).map_err(|_| ScreenError::Malformed)?;
-                out.extend(doc.get_changes(&[]));
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// The first bytes of every Automerge storage chunk.
-const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
-
-/// Splits bytes holding storage chunks one after the other (each: the magic bytes, a 4-byte
-/// checksum, a type byte, the length of the rest as unsigned LEB128, the rest). `None` when
-/// they do not split that way.
-fn split_chunks(bytes: &[u8]) -> Option<Vec<&[u8]>> {
-    let mut out = Vec::new();
-    let mut rest = bytes;
-    while !rest.is_empty() {
-        if rest.len() < 9 || rest[..4] != CHUNK_MAGIC {
-            return None;
-        }
-        let (len, used) = uleb128(&rest[9..])?;
-        let end = 9usize
-            .checked_add(used)?
-            .checked_add(usize::try_from(len).ok()?)?;
-        if end > rest.len() {
-            return None;
-        }
-        let (chunk, tail) = rest.split_at(end);
-        out.push(chunk);
-        rest = tail;
-    }
-    Some(out)
-}
-
-/// An unsigned LEB128 number at the start of `bytes`, and how many bytes it took.
-fn uleb128(bytes: &[u8]) -> Option<(u64, usize)> {
-    let mut value: u64 = 0;
-    for (i, byte) in bytes.iter().take(10).enumerate() {
-        let bits = u64::from(byte & 0x7f);
-        let shift = 7 * i as u32;
-        if (bits << shift) >> shift != bits {
-            // More than 64 bits.
-            return None;
-        }
-        value |= bits << shift;
-        if byte & 0x80 == 0 {
-            return Some((value, i + 1));
-        }
-    }
-    None
+    coalition_core::sync::changes_in(chunks).ok_or(ScreenError::Malformed)
 }
 
 /// Screen one decoded sync message against `doc` (of `kind`, owned by `owner`), with `author`
@@ -186,6 +120,7 @@ pub fn screen(
             refused: Vec::new(),
             accepted: 0,
             accepted_bytes: 0,
+            copies: 0,
         });
     }
     // Changes that waited are judged again with what arrived.
@@ -226,6 +161,7 @@ pub fn screen(
         refused: checked.refused,
         accepted,
         accepted_bytes,
+        copies: checked.copies,
     })
 }
 
@@ -390,24 +326,12 @@ mod tests {
 
     #[test]
     fn garbage_chunks_are_malformed() {
-        let chunks = ChunkList::from(vec![vec![0x85, 0x6f, 0x4a, 0x83, 1, 2, 3]]);
-        assert!(matches!(changes_in(&chunks), Err(ScreenError::Malformed)));
-        // A length that runs past the end, and one that does not end.
+        // Not a chunk after its magic bytes; a length that runs past the end.
         let mut long = vec![0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 1, 0x7f];
         long.extend([0; 10]);
-        assert!(split_chunks(&long).is_none());
-        let endless = [0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 1, 0xff, 0xff, 0xff];
-        assert!(split_chunks(&endless).is_none());
-        // Ten bytes whose last carries more than the 64th bit.
-        assert_eq!(
-            uleb128(&[0xff; 9].iter().copied().chain([0x01]).collect::<Vec<_>>()),
-            Some((u64::MAX, 10))
-        );
-        assert_eq!(
-            uleb128(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02]),
-            None
-        );
-        let chunks = ChunkList::from(vec![long]);
-        assert!(matches!(changes_in(&chunks), Err(ScreenError::Malformed)));
+        for chunk in [vec![0x85, 0x6f, 0x4a, 0x83, 1, 2, 3], long] {
+            let chunks = ChunkList::from(vec![chunk]);
+            assert!(matches!(changes_in(&chunks), Err(ScreenError::Malformed)));
+        }
     }
 }

@@ -450,9 +450,22 @@ struct Pending {
 /// Identifies an ephemeral message across relays: (original sender, session, count).
 type EphemeralKey = (PeerId, String, u64);
 
+/// What the engine counts of its own work: the messages that took Automerge's general path,
+/// which walks the document's change graph (a Bloom filter to build, or every ancestor of the
+/// peer's heads), where the others pass changes on as they arrived. On a relay that keeps up
+/// they are a small share; a share that grows says peers have fallen behind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineCounters {
+    /// Sync messages made by Automerge's `generate_sync_message`.
+    pub general_messages: u64,
+    /// Sync messages taken by Automerge's `receive_sync_message`.
+    pub general_receives: u64,
+}
+
 /// The sans-IO sync engine. See the [module documentation](self).
 pub struct SyncEngine {
     config: EngineConfig,
+    counters: EngineCounters,
     conns: BTreeMap<ConnId, Connection>,
     shared: BTreeSet<DocumentId>,
     pending: BTreeMap<DocumentId, Vec<Pending>>,
@@ -469,6 +482,7 @@ impl SyncEngine {
         let session_id = format!("{:016x}", rand::random::<u64>());
         Self {
             config,
+            counters: EngineCounters::default(),
             conns: BTreeMap::new(),
             shared: BTreeSet::new(),
             pending: BTreeMap::new(),
@@ -477,6 +491,11 @@ impl SyncEngine {
             session_id,
             ephemeral_count: 0,
         }
+    }
+
+    /// How many messages went which way so far.
+    pub fn counters(&self) -> &EngineCounters {
+        &self.counters
     }
 
     /// Our peer id.
@@ -1292,14 +1311,18 @@ impl SyncEngine {
         let more_to_come = is_piece(&decoded);
         let before = doc.get_heads();
         let incoming = forward::Incoming::read(&decoded, doc);
-        let received = forward::receive_sync_message(doc, &mut peer_doc.state, decoded);
+        let received = forward::receive_sync_message_by(doc, &mut peer_doc.state, decoded);
         peer_doc.sent.trim(&mut peer_doc.state);
-        if let Err(source) = received {
-            out.push(error_action(
-                conn,
-                EngineError::ApplySyncMessage { doc_id, source },
-            ));
-            return;
+        match received {
+            Ok(forward::ReceivePath::Direct) => {}
+            Ok(forward::ReceivePath::General) => self.counters.general_receives += 1,
+            Err(source) => {
+                out.push(error_action(
+                    conn,
+                    EngineError::ApplySyncMessage { doc_id, source },
+                ));
+                return;
+            }
         }
         let after = doc.get_heads();
         let changed = after != before;
@@ -1522,6 +1545,7 @@ impl SyncEngine {
             return;
         }
         let informed = told_what_it_has(doc, &peer_doc.state);
+        self.counters.general_messages += 1;
         let pieces = bounded_messages(doc, &mut peer_doc.state, self.config.max_message_changes);
         if pieces.is_empty() {
             return;
@@ -2306,6 +2330,26 @@ mod tests {
             Some(first)
         );
         (net, a)
+    }
+
+    #[test]
+    fn messages_down_the_general_path_are_counted_and_passed_on_changes_are_not() {
+        let (mut net, a) = two_clients_on_one_document("v1", None);
+        // Telling a new peer what the relay has takes Automerge's general path.
+        let before = net.nodes[RELAY].engine.counters().clone();
+        assert!(before.general_messages > 0, "{before:?}");
+
+        // An edit of a client in step (sent by Automerge as v2 changes in one chunk) is taken
+        // and passed on as it arrived, and so are the acknowledgements: no walk.
+        let doc = net.nodes[CLIENT].store.loaded.get_mut(&a).expect("doc");
+        doc.put(ROOT, "k", "v2").expect("put");
+        doc.commit_with(CommitOptions::default().with_time(1_700_000_100));
+        net.local_change(CLIENT, a);
+        assert_eq!(
+            value(&net.nodes[2].store.loaded[&a], "k").as_deref(),
+            Some("v2")
+        );
+        assert_eq!(net.nodes[RELAY].engine.counters(), &before);
     }
 
     #[test]

@@ -32,17 +32,18 @@ pub(super) struct Incoming {
 impl Incoming {
     /// The changes of `message` that `doc` does not hold yet, or `None` when the message
     /// brings none, or brings them in a form this shortcut does not handle: each chunk must be
-    /// one change (a v2 message may carry several changes, or a whole saved document, in one
-    /// chunk).
+    /// changes (one, or several one after the other), not a whole saved document.
     pub(super) fn read(message: &sync::Message, doc: &mut AutoCommit) -> Option<Incoming> {
         if message.changes.is_empty() {
             return None;
         }
         let mut changes = Vec::with_capacity(message.changes.len());
-        for bytes in message.changes.iter() {
-            let hash = Change::try_from(bytes).ok()?.hash();
-            if doc.get_missing_deps(&[hash]).contains(&hash) {
-                changes.push((hash, bytes.to_vec()));
+        for chunk in message.changes.iter() {
+            for change in changes_of_chunk(chunk)? {
+                let hash = change.hash();
+                if doc.get_missing_deps(&[hash]).contains(&hash) {
+                    changes.push((hash, change.raw_bytes().to_vec()));
+                }
             }
         }
         if changes.is_empty() {
@@ -230,9 +231,31 @@ pub fn receive_sync_message(
     state: &mut sync::State,
     message: sync::Message,
 ) -> Result<(), automerge::AutomergeError> {
+    receive_sync_message_by(doc, state, message).map(|_| ())
+}
+
+/// How [`receive_sync_message_by`] took a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceivePath {
+    /// Without Automerge's walk of the change graph.
+    Direct,
+    /// Through Automerge's `receive_sync_message`.
+    General,
+}
+
+/// [`receive_sync_message`], saying which way the message went: a peer whose messages keep
+/// taking the general path costs the relay a walk of the document's history each time.
+pub fn receive_sync_message_by(
+    doc: &mut AutoCommit,
+    state: &mut sync::State,
+    message: sync::Message,
+) -> Result<ReceivePath, automerge::AutomergeError> {
     match receive_common(doc, state, message) {
-        Ok(received) => received,
-        Err(message) => doc.sync().receive_sync_message(state, message),
+        Ok(received) => received.map(|()| ReceivePath::Direct),
+        Err(message) => doc
+            .sync()
+            .receive_sync_message(state, message)
+            .map(|()| ReceivePath::General),
     }
 }
 
@@ -317,13 +340,85 @@ fn receive_common(
     Ok(Ok(()))
 }
 
+/// The changes in a sync message's change chunks, one by one. A chunk is one change, several
+/// changes one after the other (Automerge 0.12 sends a peer that reads v2 messages the changes
+/// it lacks that way, in one chunk: a device's edit, say), or a whole document (a v2 message
+/// with more than a third of the document). `None` when a chunk is none of those.
+pub fn changes_in(chunks: &sync::ChunkList) -> Option<Vec<Change>> {
+    let mut out = Vec::new();
+    for chunk in chunks.iter() {
+        match changes_of_chunk(chunk) {
+            Some(changes) => out.extend(changes),
+            None => {
+                let doc = automerge::Automerge::load(chunk).ok()?;
+                out.extend(doc.get_changes(&[]));
+            }
+        }
+    }
+    Some(out)
+}
+
+/// The changes in one chunk that holds one change or several one after the other; `None`
+/// for anything else (a whole document, or garbage).
+fn changes_of_chunk(chunk: &[u8]) -> Option<Vec<Change>> {
+    if let Ok(change) = Change::from_bytes(chunk.to_vec()) {
+        return Some(vec![change]);
+    }
+    split_chunks(chunk)?
+        .into_iter()
+        .map(|piece| Change::from_bytes(piece.to_vec()).ok())
+        .collect()
+}
+
+/// The first bytes of every Automerge storage chunk.
+const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+
+/// Splits bytes holding storage chunks one after the other (each: the magic bytes, a 4-byte
+/// checksum, a type byte, the length of the rest as unsigned LEB128, the rest). `None` when
+/// they do not split that way.
+fn split_chunks(bytes: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        if rest.len() < 9 || rest[..4] != CHUNK_MAGIC {
+            return None;
+        }
+        let (len, used) = uleb128(&rest[9..])?;
+        let end = 9usize
+            .checked_add(used)?
+            .checked_add(usize::try_from(len).ok()?)?;
+        if end > rest.len() {
+            return None;
+        }
+        let (chunk, tail) = rest.split_at(end);
+        out.push(chunk);
+        rest = tail;
+    }
+    Some(out)
+}
+
+/// An unsigned LEB128 number at the start of `bytes`, and how many bytes it took.
+fn uleb128(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value: u64 = 0;
+    for (i, byte) in bytes.iter().take(10).enumerate() {
+        let bits = u64::from(byte & 0x7f);
+        let shift = 7 * i as u32;
+        if (bits << shift) >> shift != bits {
+            // More than 64 bits.
+            return None;
+        }
+        value |= bits << shift;
+        if byte & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
 /// The message's changes, when applying them leaves nothing waiting: each chunk is one change,
 /// and every dependency is in the document or among the message's changes.
 fn whole_changes(doc: &mut AutoCommit, message: &sync::Message) -> Option<Vec<Change>> {
-    let mut changes = Vec::with_capacity(message.changes.len());
-    for bytes in message.changes.iter() {
-        changes.push(Change::try_from(bytes).ok()?);
-    }
+    let changes = changes_in(&message.changes)?;
     let deps: Vec<ChangeHash> = changes
         .iter()
         .flat_map(|c| c.deps().iter().copied())
@@ -411,6 +506,25 @@ fn up_to_date(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunk_lengths_past_the_end_or_past_64_bits_do_not_split() {
+        let mut long = vec![0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 1, 0x7f];
+        long.extend([0; 10]);
+        assert!(split_chunks(&long).is_none());
+        let endless = [0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 1, 0xff, 0xff, 0xff];
+        assert!(split_chunks(&endless).is_none());
+        // Ten bytes whose last carries more than the 64th bit.
+        assert_eq!(
+            uleb128(&[0xff; 9].iter().copied().chain([0x01]).collect::<Vec<_>>()),
+            Some((u64::MAX, 10))
+        );
+        assert_eq!(
+            uleb128(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02]),
+            None
+        );
+        assert!(changes_in(&sync::ChunkList::from(vec![long])).is_none());
+    }
     use automerge::transaction::{CommitOptions, Transactable};
     use automerge::{ActorId, ROOT};
 

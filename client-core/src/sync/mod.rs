@@ -21,9 +21,9 @@ pub mod message;
 pub use docid::{DocumentId, DocumentIdError};
 pub use engine::{
     generate_sync_message, Action, ConnId, DisconnectReason, DocumentSource, EngineConfig,
-    EngineError, Listing, SyncEngine,
+    EngineCounters, EngineError, Listing, SyncEngine,
 };
-pub use forward::receive_sync_message;
+pub use forward::{changes_in, receive_sync_message};
 pub use message::{
     DecodeError, Message, PeerId, PeerMetadata, RefusedChange, RefusedChanges, StorageId,
 };
