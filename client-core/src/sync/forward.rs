@@ -236,7 +236,7 @@ pub fn receive_sync_message(
 
 /// How [`receive_sync_message_by`] took a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReceivePath {
+pub(super) enum ReceivePath {
     /// Without Automerge's walk of the change graph.
     Direct,
     /// Through Automerge's `receive_sync_message`.
@@ -245,7 +245,7 @@ pub enum ReceivePath {
 
 /// [`receive_sync_message`], saying which way the message went: a peer whose messages keep
 /// taking the general path costs the relay a walk of the document's history each time.
-pub fn receive_sync_message_by(
+pub(super) fn receive_sync_message_by(
     doc: &mut AutoCommit,
     state: &mut sync::State,
     message: sync::Message,
@@ -415,8 +415,8 @@ fn uleb128(bytes: &[u8]) -> Option<(u64, usize)> {
     None
 }
 
-/// The message's changes, when applying them leaves nothing waiting: each chunk is one change,
-/// and every dependency is in the document or among the message's changes.
+/// The message's changes, when applying them leaves nothing waiting: every chunk reads as
+/// changes ([`changes_in`]), and every dependency is in the document or among them.
 fn whole_changes(doc: &mut AutoCommit, message: &sync::Message) -> Option<Vec<Change>> {
     let changes = changes_in(&message.changes)?;
     let deps: Vec<ChangeHash> = changes
@@ -506,6 +506,8 @@ fn up_to_date(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use automerge::transaction::{CommitOptions, Transactable};
+    use automerge::{ActorId, ROOT};
 
     #[test]
     fn chunk_lengths_past_the_end_or_past_64_bits_do_not_split() {
@@ -525,8 +527,6 @@ mod tests {
         );
         assert!(changes_in(&sync::ChunkList::from(vec![long])).is_none());
     }
-    use automerge::transaction::{CommitOptions, Transactable};
-    use automerge::{ActorId, ROOT};
 
     fn edit(doc: &mut AutoCommit, key: &str, n: i64) {
         doc.put(ROOT, key, n).expect("put");
