@@ -415,10 +415,14 @@ fn uleb128(bytes: &[u8]) -> Option<(u64, usize)> {
     None
 }
 
-/// The message's changes, when applying them leaves nothing waiting: every chunk reads as
-/// changes ([`changes_in`]), and every dependency is in the document or among them.
+/// The message's changes, when applying them leaves nothing waiting: every chunk holds one
+/// change or several one after the other (a whole document goes down the general path), and
+/// every dependency is in the document or among them.
 fn whole_changes(doc: &mut AutoCommit, message: &sync::Message) -> Option<Vec<Change>> {
-    let changes = changes_in(&message.changes)?;
+    let mut changes = Vec::new();
+    for chunk in message.changes.iter() {
+        changes.extend(changes_of_chunk(chunk)?);
+    }
     let deps: Vec<ChangeHash> = changes
         .iter()
         .flat_map(|c| c.deps().iter().copied())
@@ -508,6 +512,43 @@ mod tests {
     use super::*;
     use automerge::transaction::{CommitOptions, Transactable};
     use automerge::{ActorId, ROOT};
+
+    #[test]
+    fn changes_sent_one_after_the_other_in_one_chunk_take_the_direct_path() {
+        let mut relay = AutoCommit::new().with_actor(ActorId::from([1u8; 16]));
+        // Enough history that two new changes are less than a third of the document.
+        for n in 0..12 {
+            relay
+                .put(ROOT, format!("seed{n}"), "x".repeat(40))
+                .expect("put");
+            relay.commit_with(CommitOptions::default().with_time(n));
+        }
+        let mut device = relay.fork().with_actor(ActorId::from([2u8; 16]));
+        for n in 0..2 {
+            device.put(ROOT, format!("edit{n}"), "y").expect("put");
+            device.commit_with(CommitOptions::default().with_time(100 + n));
+        }
+        let (mut relay_state, mut device_state) = (sync::State::new(), sync::State::new());
+        let first = relay
+            .sync()
+            .generate_sync_message(&mut relay_state)
+            .expect("first");
+        device
+            .sync()
+            .receive_sync_message(&mut device_state, first)
+            .expect("receive");
+        let message = device
+            .sync()
+            .generate_sync_message(&mut device_state)
+            .expect("the edits");
+        assert_eq!(message.version, MessageVersion::V2);
+        assert_eq!(message.changes.len(), 1, "both changes in one chunk");
+        assert_eq!(changes_in(&message.changes).map(|c| c.len()), Some(2));
+
+        let path = receive_sync_message_by(&mut relay, &mut relay_state, message).expect("taken");
+        assert_eq!(path, ReceivePath::Direct);
+        assert_eq!(relay.get_heads(), device.get_heads());
+    }
 
     #[test]
     fn chunk_lengths_past_the_end_or_past_64_bits_do_not_split() {
