@@ -126,11 +126,12 @@ fn a_device_that_stops_reading_is_held_back_and_caught_up_in_one_go() {
             >= 1
     );
 
-    // The writer's edits, and the answers to them, all went as they arrived: none took
-    // Automerge's walk of the document's history (the first exchange of each device does).
+    // The writer's edits, and the answers to them, went as they arrived: of the 600, at most
+    // the first (a young document's first change may come as the whole document) took
+    // Automerge's walk of the document's history, besides the devices' first exchanges.
     let metrics = rig.metrics();
     let general = |m: &std::sync::atomic::AtomicU64| m.load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(general(&metrics.general_receives), 0);
+    assert!(general(&metrics.general_receives) <= 2);
     assert!(general(&metrics.general_messages) <= 4);
     // It reads again: what was queued, then, released at the hub's next turn, the rest.
     let queued = reader.conn.queued();
