@@ -144,6 +144,12 @@ impl Remembered {
         *self.framing.lock().unwrap_or_else(|p| p.into_inner()) = Some(framing);
         Some(framing)
     }
+
+    /// The framing to write `conn`'s first frames with: its handshake's if it is done, else
+    /// (0-RTT) that of the session it resumes.
+    fn framing_for(&self, conn: &Connection) -> Framing {
+        self.note_framing(conn).unwrap_or_else(|| self.framing())
+    }
 }
 
 /// The client configuration for a pin, and what the device keeps of that relay; see
@@ -290,10 +296,7 @@ pub async fn connect(
             Err(_) => return Err(QuicError::TimedOut { addr, timeout }),
         },
     };
-    // In 0-RTT, the framing of the session resumed; once the handshake is done, its own.
-    let framing = remembered
-        .note_framing(&conn)
-        .unwrap_or_else(|| remembered.framing());
+    let framing = remembered.framing_for(&conn);
     let control_err = |reason: String| QuicError::Control { addr, reason };
     let (mut send, recv) = wire::unless_held(&gate, conn.open_bi())
         .await
@@ -382,9 +385,7 @@ pub async fn enroll(
             .into())
         }
     };
-    let framing = remembered
-        .note_framing(&conn)
-        .unwrap_or_else(|| remembered.framing());
+    let framing = remembered.framing_for(&conn);
     let no_answer = |reason: String| QuicEnrollError::NoAnswer { addr, reason };
     let exchange = async {
         let (mut send, mut recv) = conn
